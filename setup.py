@@ -1,0 +1,38 @@
+"""Install w2s_jax: `pip install -e ".[test]"` (see README.md)."""
+from setuptools import find_packages, setup
+
+# Versions that install and work together on Python 3.11 (the JAX 0.10 line).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "transformers==5.23.0",
+    "datasets==5.2.0",
+    "ml_collections==1.1.0",
+    "tensorflow-datasets==4.9.10",
+    "absl-py==2.5.1",
+    "chex==0.1.92",
+    "ml_dtypes",  # registers bfloat16 with numpy for bf16 safetensors
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "numpy>=2.0",
+]
+
+EXTRAS_REQUIRE = {
+    # torch is pinned exactly: a bare `torch` resolves to a multi-GB CUDA
+    # build, while 2.13.0 resolves to the CPU wheel. It is only used by the
+    # parity tests against Hugging Face's PyTorch models.
+    "test": ["pytest==9.2.0", "torch==2.13.0"],
+}
+
+setup(
+    name="w2s_jax",
+    version="0.1.0",
+    description="Weak-to-strong generalization (Burns et al. 2023) in JAX/Flax.",
+    packages=find_packages(include=["w2s_jax", "w2s_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,195 @@
+"""From raw rows to the train pool and gold test set of one experiment.
+
+`load_task` is the one entry point: pick the splits (carving train/test out
+of a mirror that lacks one), format, class-balance, shuffle and take the
+requested sizes, recording every step in a JSON-serialisable provenance.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from w2s_jax.data import sources
+from w2s_jax.data.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+# Part of the carve-out's definition, not an experiment knob: every seed and
+# every run must see the same carved test set.
+CARVE_TEST_FRACTION = 0.2
+
+
+@dataclass
+class TaskData:
+    name: str
+    train_texts: list[str]
+    train_labels: np.ndarray  # int32, values in {0, 1}
+    test_texts: list[str]
+    test_labels: np.ndarray
+    provenance: dict
+
+
+def stable_hash(text: str) -> int:
+    """A seed component from a string; Python's hash() is salted per process."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def carve(rows: list, task_name: str,
+          test_fraction: float = CARVE_TEST_FRACTION) -> tuple[list, list, dict]:
+    """Split raw rows into (train, test) with a seed fixed by the task name.
+
+    It works on raw rows, before formatting, so the candidates of one
+    multiple-choice item never land on both sides. Each side keeps the
+    file's row order.
+    """
+    seed = stable_hash(f"carve/{task_name}")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_test = int(round(len(rows) * test_fraction))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    info = {"test_fraction": test_fraction, "seed": seed,
+            "rows_train": len(train_idx), "rows_test": len(test_idx)}
+    return [rows[i] for i in train_idx], [rows[i] for i in test_idx], info
+
+
+def balance_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a 50/50 subset: every minority example and a seeded choice
+    of as many majority examples, in their original order."""
+    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+    keep = min(len(idx) for idx in by_class)
+    chosen = [rng.choice(idx, size=keep, replace=False) for idx in by_class]
+    return np.sort(np.concatenate(chosen))
+
+
+def take_first(labels: np.ndarray, order: np.ndarray, n: int,
+               balanced: bool) -> np.ndarray:
+    """The first n of a shuffled `order`. When `balanced`, the first of each
+    class instead, n//2 apiece (the odd one goes to the class that comes
+    first in `order`), so a small sample of a balanced pool is balanced too."""
+    if not balanced:
+        return order[:n]
+    in_order = labels[order]
+    quota = {c: n // 2 for c in (0, 1)}
+    if n % 2:
+        quota[int(in_order[0])] += 1
+    picked = np.zeros(len(order), dtype=bool)
+    for c in (0, 1):
+        picked[np.flatnonzero(in_order == c)[:quota[c]]] = True
+    return order[picked]
+
+
+def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint halves A (n//2 indices) and B (the rest) of a pool of n,
+    each sorted."""
+    order = np.random.default_rng([seed, stable_hash("halves")]).permutation(n)
+    half = n // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    return {str(c): int(np.sum(labels == c)) for c in (0, 1)}
+
+
+def _plan(spec, data_dir: str | None) -> dict:
+    """Which splits to read, and whether to carve train/test out of one."""
+    if data_dir is None:
+        return {"source": "hub", "location": spec.hub_id,
+                "hub_config": spec.hub_config,
+                "hub_data_dir": spec.hub_data_dir,
+                "splits": {"train": spec.train_split, "test": spec.test_split},
+                "carve_out": None}
+    have = sources.available_mirror_splits(spec, data_dir)
+    plan = {"source": "mirror",
+            "location": str(sources.mirror_task_dir(spec, data_dir)),
+            "mirror_splits": have}
+    if spec.train_split in have and spec.test_split in have:
+        plan["splits"] = {"train": spec.train_split, "test": spec.test_split}
+        plan["carve_out"] = None
+        return plan
+    # A train split is the larger pool when it is there; otherwise the
+    # official test split; otherwise the mirror's only file (e.g. cr's all).
+    if spec.train_split in have:
+        source_split = spec.train_split
+    elif spec.test_split in have:
+        source_split = spec.test_split
+    elif len(have) == 1:
+        source_split = have[0]
+    else:
+        raise ValueError(
+            f"the mirror has neither split {spec.train_split!r} nor "
+            f"{spec.test_split!r} of task {spec.name!r}, and more than one "
+            f"other split to carve from: {', '.join(have)}")
+    plan["splits"] = {"train": source_split, "test": source_split}
+    plan["carve_out"] = {
+        "from_split": source_split,
+        "reason": (f"mirror lacks {spec.train_split!r} and/or "
+                   f"{spec.test_split!r}; it holds {', '.join(have)}")}
+    return plan
+
+
+def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
+                  n: int | None, balance: bool) -> tuple[list[str], np.ndarray, dict]:
+    """Format, balance, shuffle and cut one side; returns texts, labels and
+    that side's provenance."""
+    # One generator per side: the train and the test side of a carve-out
+    # read the same split but must not share coins.
+    rng = np.random.default_rng([seed, stable_hash(f"{side}/{split}")])
+    examples = spec.format_rows(rows, rng)
+    texts = [text for text, _ in examples]
+    labels = np.asarray([label for _, label in examples], dtype=np.int32)
+    counts = _class_counts(labels)
+    if min(counts.values()) == 0:
+        raise ValueError(
+            f"task {spec.name!r}, {side} side (split {split!r}): fewer than 2 "
+            f"classes after formatting; class counts {counts}")
+    info = {"split": split, "rows_read": len(rows),
+            "examples_formatted": len(labels), "class_counts_formatted": counts}
+    kept = (balance_indices(labels, rng) if balance
+            else np.arange(len(labels)))
+    info["examples_balanced"] = len(kept)
+    info["class_counts_balanced"] = _class_counts(labels[kept])
+    order = kept[rng.permutation(len(kept))]
+    if n is not None and n > len(order):
+        log.warning("task %s: %s side has %d examples, fewer than the %d "
+                    "requested; using all of them", spec.name, side,
+                    len(order), n)
+    take = len(order) if n is None else min(n, len(order))
+    chosen = take_first(labels, order, take, balanced=balance)
+    info["n_requested"] = n
+    info["n_used"] = len(chosen)
+    info["class_counts"] = _class_counts(labels[chosen])
+    return [texts[i] for i in chosen], labels[chosen], info
+
+
+def load_task(name: str, *, data_dir: str | None, seed: int,
+              n_train: int | None, n_test: int | None,
+              balance: bool = True) -> TaskData:
+    """The train pool and gold test set of task `name`.
+
+    data_dir: a mirror directory, or None for the hub (resolve a config
+    value with `sources.resolve_data_dir` first). n_train / n_test: sizes
+    to take after balancing, None = all.
+    """
+    spec = get_task(name)
+    for field, n in (("n_train", n_train), ("n_test", n_test)):
+        if n is not None and n <= 0:
+            raise ValueError(f"{field} must be positive or None, got {n}")
+    plan = _plan(spec, data_dir)
+    splits = plan["splits"]
+    if plan["carve_out"] is None:
+        train_rows = sources.load_raw(spec, splits["train"], data_dir)
+        test_rows = sources.load_raw(spec, splits["test"], data_dir)
+    else:
+        all_rows = sources.load_raw(spec, splits["train"], data_dir)
+        train_rows, test_rows, carve_info = carve(all_rows, spec.name)
+        plan["carve_out"].update(carve_info, rows_read=len(all_rows))
+    train_texts, train_labels, train_info = _prepare_side(
+        spec, "train", splits["train"], train_rows, seed, n_train, balance)
+    test_texts, test_labels, test_info = _prepare_side(
+        spec, "test", splits["test"], test_rows, seed, n_test, balance)
+    provenance = {"task": spec.name, **plan, "seed": seed, "balance": balance,
+                  "train": train_info, "test": test_info}
+    return TaskData(spec.name, train_texts, train_labels, test_texts,
+                    test_labels, provenance)

@@ -1,0 +1,39 @@
+"""Run a weak-to-strong experiment from a config file.
+
+    python -m w2s_jax.main --config=configs/nlp_aux.py --workdir=runs/nlp_aux
+    python -m w2s_jax.main --config=configs/smoke.py --workdir=runs/smoke \
+        --config.seed=1 --config.train.epochs=3
+
+Rerunning the same command reuses every finished stage under --workdir.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from w2s_jax import config as config_lib
+from w2s_jax import experiment
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for stages and results; reused on reruns.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    experiment.run(_CONFIG.value, _WORKDIR.value)
+
+
+def run_cli():
+    try:
+        config_lib.check_override_flags(sys.argv)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_cli()

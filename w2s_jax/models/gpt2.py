@@ -1,0 +1,207 @@
+"""GPT-2 backbone in Flax linen, numerically matching Hugging Face `GPT2Model`.
+
+Only the parts the weak-to-strong experiments need: a causal decoder that maps
+token ids to final (post-`ln_f`) hidden states. There is no dropout anywhere,
+because the paper fine-tunes with dropout turned off, and no KV cache, because
+we never generate.
+
+Parameters are always float32; `dtype` only sets the compute dtype, so mixed
+precision never changes what is stored or checkpointed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SUPPORTED_MODEL_TYPES = ("gpt2",)
+
+# Hugging Face activation names -> functions. "gelu_new", "gelu_pytorch_tanh"
+# and "gelu_fast" are all the tanh approximation of GELU (GPT-2's own choice);
+# "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+# GPT-2's initialiser; only used when a model is built from scratch (tests),
+# since real runs load pretrained weights over it.
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_new"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unsupported activation {self.activation!r}; supported: {sorted(ACTIVATIONS)}"
+            )
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    @classmethod
+    def from_hf(cls, hf_config: dict) -> "GPT2Config":
+        """Builds the config from a Hugging Face `config.json` dict."""
+        model_type = hf_config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"Unsupported model_type {model_type!r}; supported: {list(SUPPORTED_MODEL_TYPES)}"
+            )
+        n_embd = hf_config["n_embd"]
+        # Variants this module does not implement would otherwise load without
+        # complaint (same parameter shapes) and silently compute something else.
+        n_inner = hf_config.get("n_inner")
+        if n_inner not in (None, 4 * n_embd):
+            raise ValueError(f"Unsupported n_inner={n_inner}; only 4 * n_embd ({4 * n_embd})")
+        if not hf_config.get("scale_attn_weights", True):
+            raise ValueError("Unsupported scale_attn_weights=False")
+        if hf_config.get("scale_attn_by_inverse_layer_idx", False):
+            raise ValueError("Unsupported scale_attn_by_inverse_layer_idx=True")
+        return cls(
+            vocab_size=hf_config["vocab_size"],
+            n_positions=hf_config["n_positions"],
+            n_embd=n_embd,
+            n_layer=hf_config["n_layer"],
+            n_head=hf_config["n_head"],
+            layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-5),
+            activation=hf_config.get("activation_function", "gelu_new"),
+        )
+
+
+def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name
+    )
+
+
+def _embed(num_embeddings: int, config: GPT2Config, dtype: Any, name: str) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings, config.n_embd, dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=_INIT, name=name,
+    )
+
+
+def _layer_norm(config: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32, name=name
+    )
+
+
+class GPT2Attention(nn.Module):
+    config: GPT2Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+        """`allowed` is a boolean [B, 1, L, L] (query, key) mask."""
+        cfg = self.config
+        batch, length, _ = x.shape
+        head_dim = cfg.n_embd // cfg.n_head
+        # One fused projection, split as q|k|v along the features, like HF.
+        qkv = _dense(3 * cfg.n_embd, self.dtype, "c_attn")(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        q, k, v = (t.reshape(batch, length, cfg.n_head, head_dim) for t in (q, k, v))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
+        # Softmax in float32 so bf16 compute cannot saturate it. `where` rather
+        # than adding a bias avoids overflow to -inf; a fully masked row (an
+        # all-padding sequence) then becomes uniform instead of NaN.
+        scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.n_embd)
+        return _dense(cfg.n_embd, self.dtype, "c_proj")(out)
+
+
+class GPT2MLP(nn.Module):
+    config: GPT2Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        x = _dense(4 * cfg.n_embd, self.dtype, "c_fc")(x)
+        x = ACTIVATIONS[cfg.activation](x)
+        return _dense(cfg.n_embd, self.dtype, "c_proj")(x)
+
+
+class GPT2Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    config: GPT2Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+        cfg = self.config
+        x = x + GPT2Attention(cfg, self.dtype, name="attn")(
+            _layer_norm(cfg, self.dtype, "ln_1")(x), allowed
+        )
+        return x + GPT2MLP(cfg, self.dtype, name="mlp")(_layer_norm(cfg, self.dtype, "ln_2")(x))
+
+
+class GPT2Backbone(nn.Module):
+    """Token ids -> final hidden states [B, L, n_embd] (after `ln_f`).
+
+    Inputs must be RIGHT-padded: position ids are simply arange(L), so the
+    real tokens of every row sit at positions 0..n-1, exactly as in an
+    unpadded forward pass. Left padding would shift them and change outputs.
+    """
+
+    config: GPT2Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        cfg = self.config
+        length = input_ids.shape[1]
+        x = _embed(cfg.vocab_size, cfg, self.dtype, "wte")(input_ids)
+        x = x + _embed(cfg.n_positions, cfg, self.dtype, "wpe")(jnp.arange(length)[None, :])
+        # A query may attend to a key iff the key is not in its future and is
+        # a real token. Padding queries still get a valid row; their outputs
+        # are meaningless and must be ignored by the caller (pooling does).
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        key_is_real = attention_mask.astype(bool)[:, None, None, :]
+        allowed = causal[None, None] & key_is_real
+        for i in range(cfg.n_layer):
+            x = GPT2Block(cfg, self.dtype, name=f"h_{i}")(x, allowed)
+        return _layer_norm(cfg, self.dtype, "ln_f")(x)
+
+
+# Flax parameter path <- Hugging Face tensor name, `{i}` = layer index. HF's
+# Conv1D stores weights as [in, out], the same layout as nn.Dense kernels, so
+# no entry needs a transpose.
+HF_WEIGHT_MAP: tuple[tuple[str, str], ...] = (
+    ("wte/embedding", "wte.weight"),
+    ("wpe/embedding", "wpe.weight"),
+    ("h_{i}/ln_1/scale", "h.{i}.ln_1.weight"),
+    ("h_{i}/ln_1/bias", "h.{i}.ln_1.bias"),
+    ("h_{i}/attn/c_attn/kernel", "h.{i}.attn.c_attn.weight"),
+    ("h_{i}/attn/c_attn/bias", "h.{i}.attn.c_attn.bias"),
+    ("h_{i}/attn/c_proj/kernel", "h.{i}.attn.c_proj.weight"),
+    ("h_{i}/attn/c_proj/bias", "h.{i}.attn.c_proj.bias"),
+    ("h_{i}/ln_2/scale", "h.{i}.ln_2.weight"),
+    ("h_{i}/ln_2/bias", "h.{i}.ln_2.bias"),
+    ("h_{i}/mlp/c_fc/kernel", "h.{i}.mlp.c_fc.weight"),
+    ("h_{i}/mlp/c_fc/bias", "h.{i}.mlp.c_fc.bias"),
+    ("h_{i}/mlp/c_proj/kernel", "h.{i}.mlp.c_proj.weight"),
+    ("h_{i}/mlp/c_proj/bias", "h.{i}.mlp.c_proj.bias"),
+    ("ln_f/scale", "ln_f.weight"),
+    ("ln_f/bias", "ln_f.bias"),
+)
+
+# GPT2LMHeadModel / GPT2ForSequenceClassification nest the backbone under
+# `transformer.`; a bare GPT2Model checkpoint has no prefix.
+HF_PREFIXES: tuple[str, ...] = ("transformer.",)

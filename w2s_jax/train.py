@@ -1,0 +1,244 @@
+"""Finetune one classifier: init, sharded jitted train step, predict loop."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from w2s_jax import losses, sharding
+from w2s_jax.data import batching
+from w2s_jax.models import classifier, registry, tokenizers
+from w2s_jax.progress import Progress, log
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    head_lr: float | None
+    batch_size: int
+    minibatch_size: int
+    epochs: int
+    lr_schedule: str
+    warmup_steps: int
+    weight_decay: float
+    eval_batch_size: int
+    max_ctx: int
+    log_every: int
+
+
+def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
+                     linear_probe: bool, head_init: str) -> classifier.Classifier:
+    # 'unembedding' starts from zeros and is overwritten in init_params.
+    module_head_init = "zeros" if head_init == "unembedding" else head_init
+    return classifier.Classifier(
+        backbone=registry.backbone(model), num_classes=num_classes,
+        linear_probe=linear_probe, head_init=module_head_init)
+
+
+def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
+                head_init: str, seed: int, mesh) -> Any:
+    """Pretrained weights (or a random init) placed replicated on the mesh."""
+    dummy = jnp.zeros((1, 8), jnp.int32)
+
+    def init_fn(key):
+        return module.init(key, dummy, jnp.ones_like(dummy))["params"]
+
+    key = jax.random.key(seed)
+    replicated = sharding.replicated(mesh)
+    if model.checkpoint_dir is None:
+        params = jax.jit(init_fn, out_shardings=replicated)(key)
+        params = jax.tree.map(np.asarray, params)
+    else:
+        # Only shapes: the backbone is never materialised twice.
+        abstract = jax.eval_shape(init_fn, key)
+        backbone = registry.pretrained_backbone_params(model, abstract["backbone"])
+        shape = abstract["head"]["kernel"].shape
+        head = (np.zeros(shape, np.float32) if head_init != "normal" else
+                0.02 * np.asarray(jax.random.normal(key, shape), np.float32))
+        params = {"backbone": backbone, "head": {"kernel": head}}
+    if head_init == "unembedding":
+        ids = tokenizers.label_token_ids(model.tokenizer, module.num_classes)
+        wte = params["backbone"]["wte"]["embedding"]
+        params["head"]["kernel"] = classifier.head_from_unembedding(wte, ids)
+    return jax.device_put(params, replicated)
+
+
+def make_optimizer(settings: TrainSettings, total_steps: int):
+    """Adam (AdamW if weight decay) with warmup + cosine decay to 0."""
+    def schedule(peak):
+        if settings.lr_schedule == "constant":
+            return optax.constant_schedule(peak)
+        if not settings.warmup_steps:
+            return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=peak, warmup_steps=settings.warmup_steps,
+            decay_steps=max(total_steps, settings.warmup_steps + 1),
+            end_value=0.0)
+
+    def adam(peak):
+        if settings.weight_decay:
+            return optax.adamw(schedule(peak), weight_decay=settings.weight_decay)
+        return optax.adam(schedule(peak))
+
+    if settings.head_lr is None:
+        return adam(settings.lr)
+    return optax.multi_transform(
+        {"head": adam(settings.head_lr), "backbone": adam(settings.lr)},
+        lambda params: {k: jax.tree.map(lambda _: k if k == "head" else
+                                        "backbone", v)
+                        for k, v in params.items()})
+
+
+def make_train_step(module, tx, loss: losses.Loss, loss_params: dict,
+                    total_steps: int, mesh) -> Callable:
+    """A jitted step on a batch shaped [micro, minibatch, ...].
+
+    Gradients are accumulated over the micro axis, but a loss with batch
+    statistics (the confidence loss) computes them over the WHOLE batch: a
+    no-grad forward pass over all minibatches gives the batch's logits first.
+    Without dropout that pass sees exactly the logits the gradient pass sees.
+    """
+    def forward(params, ids, mask):
+        return module.apply({"params": params}, ids, mask)
+
+    def step(state, batch):
+        params = state["params"]
+        progress = state["step"].astype(jnp.float32) / total_steps
+        ids, mask, targets = (batch["input_ids"], batch["attention_mask"],
+                              batch["targets"])
+        n_micro, micro = ids.shape[:2]
+        total = n_micro * micro
+
+        stats = None
+        if loss.batch_targets is not None and n_micro > 1:
+            logits = jax.lax.map(lambda xs: forward(params, *xs), (ids, mask))
+            stats = loss.batch_targets(
+                logits=jax.lax.stop_gradient(logits.reshape(total, -1)),
+                targets=targets.reshape(total, -1), progress=progress,
+                params=loss_params)
+            stats = jax.tree.map(
+                lambda s: s.reshape(n_micro, micro, *s.shape[1:]), stats)
+
+        def micro_loss(p, micro_ids, micro_mask, micro_targets, micro_stats):
+            logits = forward(p, micro_ids, micro_mask)
+            if micro_stats is None and loss.batch_targets is not None:
+                micro_stats = loss.batch_targets(
+                    logits=jax.lax.stop_gradient(logits), targets=micro_targets,
+                    progress=progress, params=loss_params)
+            per_example = loss.per_example(
+                logits=logits, targets=micro_targets, stats=micro_stats,
+                progress=progress, params=loss_params)
+            return per_example.sum() / total
+
+        grad_fn = jax.value_and_grad(micro_loss)
+
+        def accumulate(carry, xs):
+            loss_sum, grad_sum = carry
+            value, grads = grad_fn(params, *xs)
+            return (loss_sum + value, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (value, grads), _ = jax.lax.scan(accumulate, zeros,
+                                         (ids, mask, targets, stats))
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = {"params": optax.apply_updates(params, updates),
+                     "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, {"loss": value}
+
+    batch_sharding = sharding.batch_sharding(mesh, batch_dim=1)
+    replicated = sharding.replicated(mesh)
+    return jax.jit(step, in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_predict_step(module, mesh) -> Callable:
+    def predict(params, ids, mask):
+        logits = module.apply({"params": params}, ids, mask)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return jax.jit(predict, in_shardings=(sharding.replicated(mesh),
+                                          sharding.batch_sharding(mesh, 0),
+                                          sharding.batch_sharding(mesh, 0)),
+                   out_shardings=sharding.replicated(mesh))
+
+
+def predict(predict_step, params, ids: list[np.ndarray], *, batch_size: int,
+            max_ctx: int, pad_id: int, mesh, num_classes: int) -> np.ndarray:
+    """Class probabilities [N, K] in the original example order."""
+    lengths = np.array([len(x) for x in ids])
+    probs = np.zeros((len(ids), num_classes), np.float32)
+    for indices in batching.eval_batches(lengths, batch_size=batch_size):
+        input_ids, mask = batching.pad(ids, indices, rows=batch_size,
+                                       max_ctx=max_ctx, pad_id=pad_id)
+        batch_ids, batch_mask = sharding.to_global(mesh, (input_ids, mask))
+        out = np.asarray(predict_step(params, batch_ids, batch_mask))
+        probs[indices] = out[:len(indices)]
+    return probs
+
+
+def finetune(*, name: str, module, params, train_ids: list[np.ndarray],
+             train_targets: np.ndarray, settings: TrainSettings,
+             loss: losses.Loss, loss_params: dict, mesh, pad_id: int,
+             seed: int) -> tuple[Any, dict]:
+    """Train on (ids, soft targets); returns the final params and a record."""
+    steps_per_epoch = len(train_ids) // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"[{name}] {len(train_ids)} training examples are "
+                         f"fewer than one batch of {settings.batch_size}")
+    total_steps = steps_per_epoch * settings.epochs
+    n_micro = settings.batch_size // settings.minibatch_size
+    tx = make_optimizer(settings, total_steps)
+    state = {"params": params, "opt_state": jax.jit(tx.init)(params),
+             "step": jnp.zeros((), jnp.int32)}
+    step_fn = make_train_step(module, tx, loss, loss_params, total_steps, mesh)
+    lengths = np.array([len(x) for x in train_ids])
+    progress = Progress(name, total_steps, settings.batch_size)
+    log(f"[{name}] {len(train_ids)} examples, {settings.epochs} epochs, "
+        f"{total_steps} steps of {settings.batch_size} "
+        f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "
+        f"loss {loss.name}")
+
+    losses_seen, waste, pending, step = [], [], None, 0
+    for epoch in range(settings.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        batches = batching.train_batches(lengths, batch_size=settings.batch_size,
+                                         rng=rng)
+        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
+        for indices in batches:
+            input_ids, mask = batching.pad(train_ids, indices,
+                                           rows=len(indices),
+                                           max_ctx=settings.max_ctx,
+                                           pad_id=pad_id)
+            micro_shape = (n_micro, settings.minibatch_size)
+            batch = {"input_ids": input_ids.reshape(*micro_shape, -1),
+                     "attention_mask": mask.reshape(*micro_shape, -1),
+                     "targets": train_targets[indices].reshape(*micro_shape, -1)}
+            state, metrics = step_fn(state, sharding.to_global(mesh, batch, 1))
+            step += 1
+            # Read the previous step's loss only now, so the host never
+            # waits on the device between dispatches.
+            if pending is not None:
+                _record(pending, losses_seen, progress, settings.log_every,
+                        total_steps)
+            pending = (step, metrics)
+    _record(pending, losses_seen, progress, settings.log_every, total_steps)
+    record = {"steps": total_steps, "examples": len(train_ids),
+              "final_loss": losses_seen[-1], "train_seconds": progress.elapsed(),
+              "padding_waste": float(np.mean(waste)),
+              "loss_curve": losses_seen}
+    return state["params"], record
+
+
+def _record(pending, losses_seen, progress, log_every, total_steps):
+    step, metrics = pending
+    value = float(metrics["loss"])
+    if not np.isfinite(value):
+        raise FloatingPointError(f"[{progress.name}] non-finite loss {value} "
+                                 f"at step {step}")
+    losses_seen.append(value)
+    if step == 1 or step % log_every == 0 or step == total_steps:
+        progress.update(step, value)
