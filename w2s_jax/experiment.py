@@ -5,7 +5,9 @@
     strong on weak labels (half B) with config.loss
     -> gold test accuracy / AUROC of all three, PGR, agreement
 
-Each stage is a `finetune_stage` call that goes through the stage cache, so
+A stage trains a learner (a whole model on tokens, or a linear head on
+frozen features: learners.py). Each stage is a `finetune_stage` call that
+goes through the stage cache, so
 stages compose into longer chains (bootstrapping) and finished ones are
 reused across runs and configs (an xent and a logconf run share their weak
 and ceiling stages).
@@ -18,20 +20,14 @@ import ml_collections
 import numpy as np
 
 from w2s_jax import config as config_lib
-from w2s_jax import losses, report, sharding, stages, train
+from w2s_jax import features, learners, losses, report, sharding, stages, train
 from w2s_jax.data import batching, sources, splits
 from w2s_jax.models import registry
 from w2s_jax.progress import log
 
-
-@dataclasses.dataclass
-class PreparedModel:
-    """A resolved model with every example tokenized by its tokenizer."""
-    role: str
-    model: registry.ResolvedModel
-    config: ml_collections.ConfigDict
-    train_ids: list[np.ndarray]
-    test_ids: list[np.ndarray]
+# Adam's learning rate for a linear head on standardised frozen features
+# (the release's vision probes used 1e-3).
+FEATURE_HEAD_LR = 1e-3
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -45,28 +41,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         balance=config.balance)
     log(f"[data] {config.task}: {len(data.train_texts)} train pool, "
         f"{len(data.test_texts)} test ({data.provenance.get('source')})")
-    weak, strong, counts = _tokenize_all(data, config)
-    num_classes = max(2, int(data.train_labels.max()) + 1,
-                      int(data.test_labels.max()) + 1)
-    train_labels = data.train_labels[counts["train_kept"]]
-    test_labels = data.test_labels[counts["test_kept"]]
+    models = {role: registry.resolve(config[role].name)
+              for role in ("weak", "strong")}
+    for role, model in models.items():
+        log(f"[{role}] {model.name} ({model.family}) from {model.source['kind']}")
+    ids, counts = _tokenize_all(data, models, config)
+    kept = {side: counts[f"{side}_kept"] for side in ("train", "test")}
+    texts = {"train": [data.train_texts[i] for i in kept["train"]],
+             "test": [data.test_texts[i] for i in kept["test"]]}
+    train_labels = data.train_labels[kept["train"]]
+    test_labels = data.test_labels[kept["test"]]
+    num_classes = max(2, int(train_labels.max()) + 1, int(test_labels.max()) + 1)
     half_a, half_b = splits.split_halves(len(train_labels), config.seed)
     gold = np.eye(num_classes, dtype=np.float32)[train_labels]
 
+    weak, strong = (
+        _learner(role, models[role], ids.get(role), texts, config, workdir,
+                 mesh) for role in ("weak", "strong"))
     common = dict(workdir=workdir, config=config, mesh=mesh,
                   test_labels=test_labels)
     weak_stage = finetune_stage(
         "weak", weak, train_idx=half_a, targets=gold[half_a],
-        extra_predict={"B": ([weak.train_ids[i] for i in half_b],
-                             train_labels[half_b])},
+        extra_predict={"B": (half_b, train_labels[half_b])},
         loss_name="xent", **common)
     ceiling_half = half_a if config.ceiling_half == "A" else half_b
     ceiling_stage = finetune_stage(
         "ceiling", strong, train_idx=ceiling_half, targets=gold[ceiling_half],
         loss_name="xent", **common)
-    weak_labels = weak_stage.arrays["B_probs"]
     w2s_stage = finetune_stage(
-        "w2s", strong, train_idx=half_b, targets=weak_labels,
+        "w2s", strong, train_idx=half_b, targets=weak_stage.arrays["B_probs"],
         loss_name=config.loss, **common)
 
     results = report.build_results(
@@ -74,7 +77,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         test_labels=test_labels,
         stages={"weak": weak_stage, "ceiling": ceiling_stage,
                 "w2s": w2s_stage},
-        models={"weak": weak.model.source, "strong": strong.model.source},
+        models={role: m.source for role, m in models.items()},
+        learners={"weak": weak.spec, "strong": strong.spec},
         workdir=workdir)
     path = report.write_results(results, workdir)
     log(report.summary_table(results))
@@ -82,52 +86,49 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def finetune_stage(name: str, prepared: PreparedModel, *, workdir: str,
-                   config: ml_collections.ConfigDict, mesh, train_idx,
-                   targets: np.ndarray, loss_name: str,
+def finetune_stage(name: str, learner, *, workdir: str,
+                   config: ml_collections.ConfigDict, mesh,
+                   train_idx: np.ndarray, targets: np.ndarray, loss_name: str,
                    test_labels: np.ndarray,
                    extra_predict: dict | None = None) -> stages.StageResult:
-    """Train `prepared` on (train_idx, targets); predict the test set and
-    any `extra_predict` sets ({name: (ids, gold labels)}), storing for each
-    the soft probabilities, hard labels and their correctness. Reused from
-    the cache when already done."""
-    settings = _settings(prepared, config)
+    """Train `learner` on train-pool examples `train_idx` with `targets`;
+    predict the test set and any `extra_predict` sets ({name: (train-pool
+    indices, gold labels)}), storing for each the soft probabilities, hard
+    labels and their correctness. Reused from the cache when already done."""
     loss_params = config.loss_params.to_dict() if loss_name != "xent" else {}
-    train_ids = [prepared.train_ids[i] for i in train_idx]
-    predict_sets = {"test": (prepared.test_ids, test_labels),
-                    **(extra_predict or {})}
+    test_idx = np.arange(len(test_labels))
+    predict_sets = {"test": ("test", test_idx, test_labels),
+                    **{k: ("train", idx, gold)
+                       for k, (idx, gold) in (extra_predict or {}).items()}}
+    settings = learner.settings
     spec = {
-        "model": {"name": prepared.model.name, "source": prepared.model.source,
-                  "backbone": dataclasses.asdict(prepared.model.backbone_config),
-                  "linear_probe": prepared.config.linear_probe,
-                  "head_init": prepared.config.head_init},
+        "learner": learner.spec,
         "train": dataclasses.asdict(settings),
         "loss": loss_name, "loss_params": loss_params, "seed": config.seed,
-        "train_data": stages.fingerprint(*train_ids, targets),
-        "predict_data": {k: stages.fingerprint(*ids, gold)
-                         for k, (ids, gold) in sorted(predict_sets.items())},
+        "train_data": [learner.fingerprint("train", train_idx),
+                       stages.fingerprint(targets)],
+        "predict_data": {k: [learner.fingerprint(side, idx),
+                             stages.fingerprint(gold)]
+                         for k, (side, idx, gold) in sorted(predict_sets.items())},
     }
 
     def compute():
-        module = train.build_classifier(
-            prepared.model, num_classes=targets.shape[1],
-            linear_probe=prepared.config.linear_probe,
-            head_init=prepared.config.head_init)
-        params = train.init_params(module, prepared.model,
-                                   head_init=prepared.config.head_init,
-                                   seed=config.seed, mesh=mesh)
+        num_classes = targets.shape[1]
+        forward, params = learner.init(num_classes, config.seed, mesh)
         params, record = train.finetune(
-            name=name, module=module, params=params, train_ids=train_ids,
-            train_targets=targets, settings=settings,
-            loss=losses.get_loss(loss_name), loss_params=loss_params,
-            mesh=mesh, pad_id=prepared.model.tokenizer.pad_id, seed=config.seed)
-        predict_step = train.make_predict_step(module, mesh)
+            name=name, forward=forward, params=params,
+            make_inputs=learner.inputs("train", train_idx),
+            lengths=learner.lengths("train", train_idx), train_targets=targets,
+            settings=settings, loss=losses.get_loss(loss_name),
+            loss_params=loss_params, mesh=mesh, seed=config.seed)
+        predict_step = train.make_predict_step(forward, mesh)
         arrays = {}
-        for set_name, (ids, gold) in predict_sets.items():
+        for set_name, (side, idx, gold) in predict_sets.items():
             probs = train.predict(
-                predict_step, params, ids, batch_size=settings.eval_batch_size,
-                max_ctx=settings.max_ctx, pad_id=prepared.model.tokenizer.pad_id,
-                mesh=mesh, num_classes=targets.shape[1])
+                predict_step, params, make_inputs=learner.inputs(side, idx),
+                lengths=learner.lengths(side, idx),
+                batch_size=settings.eval_batch_size, mesh=mesh,
+                num_classes=num_classes)
             arrays[f"{set_name}_probs"] = probs
             arrays[f"{set_name}_hard"] = probs.argmax(-1).astype(np.int32)
             arrays[f"{set_name}_correct"] = arrays[f"{set_name}_hard"] == gold
@@ -140,20 +141,69 @@ def finetune_stage(name: str, prepared: PreparedModel, *, workdir: str,
     return stages.run_stage(workdir, name, spec, compute)
 
 
-def _settings(prepared: PreparedModel, config) -> train.TrainSettings:
-    model_cfg, train_cfg = prepared.config, config.train
-    minibatch = (model_cfg.minibatch_size or prepared.model.default_minibatch_size
-                 or train_cfg.minibatch_size)
-    minibatch = min(minibatch, train_cfg.batch_size)
+def _learner(role, model, ids, texts, config, workdir, mesh):
+    model_cfg = config[role]
+    mode = "features" if model.family == registry.BOW_FAMILY else model_cfg.mode
+    settings = _settings(role, model, config, mode)
+    pooling = model_cfg.pooling or registry.default_pooling(model)
+    if mode == "finetune":
+        return learners.TokenLearner(role, model, model_cfg, pooling, settings,
+                                     ids)
+    feature_spec = {"name": model.name, "source": model.source,
+                    "pooling": pooling, "layer": model_cfg.feature_layer}
+    if model.family == registry.BOW_FAMILY:
+        feature_spec = {"name": model.name, "source": model.source}
+    fingerprint = {side: stages.fingerprint(*(ids[side] if ids else texts[side]))
+                   for side in ("train", "test")}
+
+    def compute():
+        if model.family == registry.BOW_FAMILY:
+            # Fit on the whole train pool's texts (no labels), never on test.
+            featurizer = registry.bow_featurizer(model).fit(texts["train"])
+            return {}, {side: featurizer.transform(texts[side])
+                        for side in ("train", "test")}
+        module = train.build_classifier(model, num_classes=2, linear_probe=True,
+                                        head_init="zeros", pooling=pooling)
+        params = train.init_params(module, model, head_init="zeros",
+                                   seed=config.seed, mesh=mesh)["backbone"]
+        return {}, {side: features.extract(
+            model, params, ids[side], pooling=pooling,
+            layer=model_cfg.feature_layer,
+            batch_size=config.train.eval_batch_size, max_ctx=config.max_ctx,
+            mesh=mesh, name=f"features-{role}-{side}")
+            for side in ("train", "test")}
+
+    stage = stages.run_stage(
+        workdir, "features",
+        {"features": feature_spec, "data": fingerprint}, compute)
+    train_feats, test_feats = stage.arrays["train"], stage.arrays["test"]
+    if model.family != registry.BOW_FAMILY:
+        # TF-IDF rows are already normalised; z-scoring would blow up rare terms.
+        train_feats, test_feats = features.standardize(train_feats, test_feats)
+    return learners.FeatureLearner(role, feature_spec, settings,
+                                   {"train": train_feats, "test": test_feats})
+
+
+def _settings(role, model, config, mode) -> train.TrainSettings:
+    model_cfg, train_cfg = config[role], config.train
+    if mode == "features":
+        # A linear head on fixed features: the whole batch fits in memory.
+        minibatch = train_cfg.batch_size
+        default_lr = (model.default_lr if model.family == registry.BOW_FAMILY
+                      else FEATURE_HEAD_LR)
+    else:
+        minibatch = (model_cfg.minibatch_size or model.default_minibatch_size
+                     or train_cfg.minibatch_size)
+        minibatch, default_lr = min(minibatch, train_cfg.batch_size), model.default_lr
     if train_cfg.batch_size % minibatch:
         raise ValueError(f"config.train.batch_size ({train_cfg.batch_size}) "
-                         f"must be a multiple of the {prepared.role} model's "
+                         f"must be a multiple of the {role} model's "
                          f"minibatch size ({minibatch})")
     return train.TrainSettings(
-        lr=model_cfg.lr or prepared.model.default_lr, head_lr=model_cfg.head_lr,
+        lr=model_cfg.lr or default_lr, head_lr=model_cfg.head_lr,
         batch_size=train_cfg.batch_size, minibatch_size=minibatch,
-        epochs=train_cfg.epochs, lr_schedule=train_cfg.lr_schedule,
-        warmup_steps=train_cfg.warmup_steps,
+        epochs=model_cfg.epochs or train_cfg.epochs,
+        lr_schedule=train_cfg.lr_schedule, warmup_steps=train_cfg.warmup_steps,
         weight_decay=train_cfg.weight_decay,
         eval_batch_size=train_cfg.eval_batch_size, max_ctx=config.max_ctx,
         log_every=train_cfg.log_every)
@@ -168,46 +218,38 @@ def _check_divisible(config, mesh) -> None:
                              f"by the mesh's data axis size {data_size}")
 
 
-def _tokenize_all(data: splits.TaskData, config):
-    """Tokenize with both models; drop examples too long for EITHER.
+def _tokenize_all(data: splits.TaskData, models: dict, config):
+    """Tokenize with every model that has a tokenizer; drop examples too
+    long for ANY of them.
 
     Dropping jointly keeps the weak, ceiling and w2s stages on the very same
     examples, so accuracies, PGR and agreement compare like with like.
     """
-    models = {role: registry.resolve(config[role].name)
-              for role in ("weak", "strong")}
-    tokenized = {}
-    for role, model in models.items():
-        tokenized[role] = {
-            side: batching.tokenize(model.tokenizer, texts,
-                                    max_ctx=config.max_ctx,
-                                    overlength=config.overlength)
-            for side, texts in (("train", data.train_texts),
-                                ("test", data.test_texts))}
+    side_texts = {"train": data.train_texts, "test": data.test_texts}
+    tokenized = {role: {side: batching.tokenize(model.tokenizer, texts,
+                                                max_ctx=config.max_ctx,
+                                                overlength=config.overlength)
+                        for side, texts in side_texts.items()}
+                 for role, model in models.items() if model.tokenizer}
     counts = {}
-    for side in ("train", "test"):
-        too_long = np.zeros(len(tokenized["weak"][side].ids), bool)
-        for role in models:
-            too_long |= tokenized[role][side].too_long
-        keep = (~too_long if config.overlength == "drop"
-                else np.ones_like(too_long))
+    for side, texts in side_texts.items():
+        too_long = np.zeros(len(texts), bool)
+        for per_side in tokenized.values():
+            too_long |= per_side[side].too_long
+        keep = ~too_long if config.overlength == "drop" else np.ones_like(too_long)
         counts[f"{side}_kept"] = np.flatnonzero(keep)
         counts[f"{side}_over_length"] = int(too_long.sum())
         if too_long.any():
             action = "dropped" if config.overlength == "drop" else "truncated"
             log(f"[data] {side}: {int(too_long.sum())} of {len(too_long)} "
                 f"examples longer than max_ctx={config.max_ctx} were {action}")
-    prepared = []
-    for role, model in models.items():
-        ids = {side: [tokenized[role][side].ids[i] for i in counts[f"{side}_kept"]]
-               for side in ("train", "test")}
-        prepared.append(PreparedModel(role, model, config[role],
-                                      ids["train"], ids["test"]))
-    for side in ("train", "test"):
         labels = data.train_labels if side == "train" else data.test_labels
-        kept = labels[counts[f"{side}_kept"]]
-        if len(np.unique(kept)) < 2:
+        left = labels[counts[f"{side}_kept"]]
+        if len(np.unique(left)) < 2:
             raise ValueError(f"task {config.task!r}: the {side} set has one "
                              f"class left after over-length filtering "
-                             f"(counts {np.bincount(kept).tolist()})")
-    return prepared[0], prepared[1], counts
+                             f"(counts {np.bincount(left).tolist()})")
+    ids = {role: {side: [per_side[side].ids[i] for i in counts[f"{side}_kept"]]
+                  for side in side_texts}
+           for role, per_side in tokenized.items()}
+    return ids, counts

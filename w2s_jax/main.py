@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from w2s_jax import config as config_lib
-from w2s_jax import experiment
+from w2s_jax import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)
@@ -24,7 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    sweep.run(_CONFIG.value, _WORKDIR.value)
 
 
 def run_cli():

@@ -26,18 +26,20 @@ class Progress:
         self.start = time.perf_counter()
         self.after_first = None  # time when step 1 finished
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float | None = None) -> None:
         """Report finished step `step` (1-based)."""
         now = time.perf_counter()
+        head = f"[{self.name}] step {step}/{self.total}"
+        if loss is not None:
+            head += f" loss {loss:.4f}"
         if step == 1:
             self.after_first = now
-            log(f"[{self.name}] step 1/{self.total} loss {loss:.4f} "
-                f"(first step incl. compile: {now - self.start:.1f}s)")
+            log(f"{head} (first step incl. compile: {now - self.start:.1f}s)")
             return
         rate = (step - 1) / (now - self.after_first)
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        log(f"[{self.name}] step {step}/{self.total} loss {loss:.4f} "
-            f"{rate * self.batch_size:.1f} ex/s ETA {format_duration(eta)}")
+        log(f"{head} {rate * self.batch_size:.1f} ex/s "
+            f"ETA {format_duration(eta)}")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -24,7 +24,7 @@ def metrics_on(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def build_results(*, config, data, counts, halves, test_labels, stages,
-                  models, workdir) -> dict:
+                  models, learners, workdir) -> dict:
     weak, ceiling, w2s = stages["weak"], stages["ceiling"], stages["w2s"]
     weak_b = weak.arrays["B_probs"]
     gold_test = {name: stage.record["test_metrics"]
@@ -36,6 +36,7 @@ def build_results(*, config, data, counts, halves, test_labels, stages,
         "seed": config.seed,
         "models": {"weak": config.weak.name, "strong": config.strong.name},
         "model_sources": models,
+        "learners": learners,
         "ceiling_half": config.ceiling_half,
         "data": {
             **data.provenance,
@@ -83,11 +84,16 @@ def run_name(results: dict) -> str:
 
 def write_results(results: dict, workdir: str) -> str:
     """Atomically write results JSON and its Markdown table; return the path."""
+    return write_named(workdir, run_name(results), results,
+                       summary_table(results))
+
+
+def write_named(workdir: str, name: str, payload: dict, table: str) -> str:
     directory = os.path.join(workdir, "results")
     os.makedirs(directory, exist_ok=True)
-    base = os.path.join(directory, run_name(results))
-    _atomic_write(base + ".json", json.dumps(results, indent=1, sort_keys=True))
-    _atomic_write(base + ".md", summary_table(results) + "\n")
+    base = os.path.join(directory, re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+    _atomic_write(base + ".json", json.dumps(payload, indent=1, sort_keys=True))
+    _atomic_write(base + ".md", table + "\n")
     return base + ".json"
 
 
@@ -134,7 +140,9 @@ def summary_table(results: dict) -> str:
     lines += [
         "",
         f"PGR (accuracy) {_fmt(pgr['accuracy'])}, PGR (AUROC) "
-        f"{_fmt(pgr['auroc'])}  (n/a: the ceiling does not beat the weak model)",
+        f"{_fmt(pgr['auroc'])}"
+        + ("  (n/a: the ceiling does not beat the weak model)"
+           if None in pgr.values() else ""),
         f"Weak-label accuracy on half B: "
         f"{_fmt(results['weak_labels_on_b']['accuracy'])}",
         f"Student-supervisor agreement on test: overall "

@@ -31,12 +31,13 @@ class TrainSettings:
 
 
 def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
-                     linear_probe: bool, head_init: str) -> classifier.Classifier:
+                     linear_probe: bool, head_init: str,
+                     pooling: str = "last") -> classifier.Classifier:
     # 'unembedding' starts from zeros and is overwritten in init_params.
     module_head_init = "zeros" if head_init == "unembedding" else head_init
     return classifier.Classifier(
         backbone=registry.backbone(model), num_classes=num_classes,
-        linear_probe=linear_probe, head_init=module_head_init)
+        linear_probe=linear_probe, head_init=module_head_init, pooling=pooling)
 
 
 def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
@@ -62,7 +63,7 @@ def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
         params = {"backbone": backbone, "head": {"kernel": head}}
     if head_init == "unembedding":
         ids = tokenizers.label_token_ids(model.tokenizer, module.num_classes)
-        wte = params["backbone"]["wte"]["embedding"]
+        wte = registry.embedding_table(model, params["backbone"])
         params["head"]["kernel"] = classifier.head_from_unembedding(wte, ids)
     return jax.device_put(params, replicated)
 
@@ -93,29 +94,34 @@ def make_optimizer(settings: TrainSettings, total_steps: int):
                         for k, v in params.items()})
 
 
-def make_train_step(module, tx, loss: losses.Loss, loss_params: dict,
-                    total_steps: int, mesh) -> Callable:
-    """A jitted step on a batch shaped [micro, minibatch, ...].
+def module_forward(module) -> Callable:
+    """forward(params, (input_ids, attention_mask)) -> logits, for a Classifier."""
+    def forward(params, inputs):
+        return module.apply({"params": params}, *inputs)
+    return forward
 
-    Gradients are accumulated over the micro axis, but a loss with batch
-    statistics (the confidence loss) computes them over the WHOLE batch: a
-    no-grad forward pass over all minibatches gives the batch's logits first.
+
+def make_train_step(forward: Callable, tx, loss: losses.Loss,
+                    loss_params: dict, total_steps: int, mesh) -> Callable:
+    """A jitted step on a batch {"inputs", "targets"} shaped [micro, minibatch, ...].
+
+    `forward(params, inputs) -> logits` is the model: a transformer
+    classifier on token ids, or a linear head on frozen features. Gradients
+    are accumulated over the micro axis, but a loss with batch statistics
+    (the confidence loss) computes them over the WHOLE batch: a no-grad
+    forward pass over all minibatches gives the batch's logits first.
     Without dropout that pass sees exactly the logits the gradient pass sees.
     """
-    def forward(params, ids, mask):
-        return module.apply({"params": params}, ids, mask)
-
     def step(state, batch):
         params = state["params"]
         progress = state["step"].astype(jnp.float32) / total_steps
-        ids, mask, targets = (batch["input_ids"], batch["attention_mask"],
-                              batch["targets"])
-        n_micro, micro = ids.shape[:2]
+        inputs, targets = batch["inputs"], batch["targets"]
+        n_micro, micro = targets.shape[:2]
         total = n_micro * micro
 
         stats = None
         if loss.batch_targets is not None and n_micro > 1:
-            logits = jax.lax.map(lambda xs: forward(params, *xs), (ids, mask))
+            logits = jax.lax.map(lambda x: forward(params, x), inputs)
             stats = loss.batch_targets(
                 logits=jax.lax.stop_gradient(logits.reshape(total, -1)),
                 targets=targets.reshape(total, -1), progress=progress,
@@ -123,8 +129,8 @@ def make_train_step(module, tx, loss: losses.Loss, loss_params: dict,
             stats = jax.tree.map(
                 lambda s: s.reshape(n_micro, micro, *s.shape[1:]), stats)
 
-        def micro_loss(p, micro_ids, micro_mask, micro_targets, micro_stats):
-            logits = forward(p, micro_ids, micro_mask)
+        def micro_loss(p, micro_inputs, micro_targets, micro_stats):
+            logits = forward(p, micro_inputs)
             if micro_stats is None and loss.batch_targets is not None:
                 micro_stats = loss.batch_targets(
                     logits=jax.lax.stop_gradient(logits), targets=micro_targets,
@@ -143,7 +149,7 @@ def make_train_step(module, tx, loss: losses.Loss, loss_params: dict,
 
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
         (value, grads), _ = jax.lax.scan(accumulate, zeros,
-                                         (ids, mask, targets, stats))
+                                         (inputs, targets, stats))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates),
                      "opt_state": opt_state, "step": state["step"] + 1}
@@ -155,52 +161,62 @@ def make_train_step(module, tx, loss: losses.Loss, loss_params: dict,
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_predict_step(module, mesh) -> Callable:
-    def predict(params, ids, mask):
-        logits = module.apply({"params": params}, ids, mask)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+def make_predict_step(forward: Callable, mesh) -> Callable:
+    def predict_probs(params, inputs):
+        return jax.nn.softmax(forward(params, inputs).astype(jnp.float32), axis=-1)
 
-    return jax.jit(predict, in_shardings=(sharding.replicated(mesh),
-                                          sharding.batch_sharding(mesh, 0),
-                                          sharding.batch_sharding(mesh, 0)),
+    return jax.jit(predict_probs, in_shardings=(sharding.replicated(mesh),
+                                                sharding.batch_sharding(mesh, 0)),
                    out_shardings=sharding.replicated(mesh))
 
 
-def predict(predict_step, params, ids: list[np.ndarray], *, batch_size: int,
-            max_ctx: int, pad_id: int, mesh, num_classes: int) -> np.ndarray:
+def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
+    """make_inputs(indices, rows) -> (input_ids, attention_mask), right-padded."""
+    def make_inputs(indices, rows):
+        return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
+                            pad_id=pad_id)
+    return make_inputs
+
+
+def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
+            batch_size: int, mesh, num_classes: int) -> np.ndarray:
     """Class probabilities [N, K] in the original example order."""
-    lengths = np.array([len(x) for x in ids])
-    probs = np.zeros((len(ids), num_classes), np.float32)
+    probs = np.zeros((len(lengths), num_classes), np.float32)
     for indices in batching.eval_batches(lengths, batch_size=batch_size):
-        input_ids, mask = batching.pad(ids, indices, rows=batch_size,
-                                       max_ctx=max_ctx, pad_id=pad_id)
-        batch_ids, batch_mask = sharding.to_global(mesh, (input_ids, mask))
-        out = np.asarray(predict_step(params, batch_ids, batch_mask))
+        inputs = sharding.to_global(mesh, make_inputs(indices, batch_size))
+        out = np.asarray(predict_step(params, inputs))
         probs[indices] = out[:len(indices)]
     return probs
 
 
-def finetune(*, name: str, module, params, train_ids: list[np.ndarray],
-             train_targets: np.ndarray, settings: TrainSettings,
-             loss: losses.Loss, loss_params: dict, mesh, pad_id: int,
-             seed: int) -> tuple[Any, dict]:
-    """Train on (ids, soft targets); returns the final params and a record."""
-    steps_per_epoch = len(train_ids) // settings.batch_size
+def finetune(*, name: str, forward: Callable, params, make_inputs,
+             lengths: np.ndarray, train_targets: np.ndarray,
+             settings: TrainSettings, loss: losses.Loss, loss_params: dict,
+             mesh, seed: int) -> tuple[Any, dict]:
+    """Train on (inputs, soft targets); returns the final params and a record.
+
+    `make_inputs(indices, rows)` builds the numpy inputs of a batch;
+    `lengths` (tokens per example) groups similar lengths into batches.
+    """
+    n_examples = len(lengths)
+    steps_per_epoch = n_examples // settings.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"[{name}] {len(train_ids)} training examples are "
+        raise ValueError(f"[{name}] {n_examples} training examples are "
                          f"fewer than one batch of {settings.batch_size}")
     total_steps = steps_per_epoch * settings.epochs
     n_micro = settings.batch_size // settings.minibatch_size
     tx = make_optimizer(settings, total_steps)
     state = {"params": params, "opt_state": jax.jit(tx.init)(params),
              "step": jnp.zeros((), jnp.int32)}
-    step_fn = make_train_step(module, tx, loss, loss_params, total_steps, mesh)
-    lengths = np.array([len(x) for x in train_ids])
+    step_fn = make_train_step(forward, tx, loss, loss_params, total_steps, mesh)
     progress = Progress(name, total_steps, settings.batch_size)
-    log(f"[{name}] {len(train_ids)} examples, {settings.epochs} epochs, "
+    log(f"[{name}] {n_examples} examples, {settings.epochs} epochs, "
         f"{total_steps} steps of {settings.batch_size} "
         f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "
         f"loss {loss.name}")
+
+    def micro_split(x):
+        return x.reshape(n_micro, settings.minibatch_size, *x.shape[1:])
 
     losses_seen, waste, pending, step = [], [], None, 0
     for epoch in range(settings.epochs):
@@ -209,14 +225,9 @@ def finetune(*, name: str, module, params, train_ids: list[np.ndarray],
                                          rng=rng)
         waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
         for indices in batches:
-            input_ids, mask = batching.pad(train_ids, indices,
-                                           rows=len(indices),
-                                           max_ctx=settings.max_ctx,
-                                           pad_id=pad_id)
-            micro_shape = (n_micro, settings.minibatch_size)
-            batch = {"input_ids": input_ids.reshape(*micro_shape, -1),
-                     "attention_mask": mask.reshape(*micro_shape, -1),
-                     "targets": train_targets[indices].reshape(*micro_shape, -1)}
+            batch = {"inputs": jax.tree.map(micro_split,
+                                            make_inputs(indices, len(indices))),
+                     "targets": micro_split(train_targets[indices])}
             state, metrics = step_fn(state, sharding.to_global(mesh, batch, 1))
             step += 1
             # Read the previous step's loss only now, so the host never
@@ -226,7 +237,7 @@ def finetune(*, name: str, module, params, train_ids: list[np.ndarray],
                         total_steps)
             pending = (step, metrics)
     _record(pending, losses_seen, progress, settings.log_every, total_steps)
-    record = {"steps": total_steps, "examples": len(train_ids),
+    record = {"steps": total_steps, "examples": n_examples,
               "final_loss": losses_seen[-1], "train_seconds": progress.elapsed(),
               "padding_waste": float(np.mean(waste)),
               "loss_curve": losses_seen}

