@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import losses, sharding, train
+from w2s_jax import loop, losses, sharding, train
 from w2s_jax.models import registry
 
 LOSS_PARAMS = {"alpha_max": 0.5, "warmup_frac": 0.2, "schedule": "linear"}
@@ -117,13 +117,13 @@ def test_tiny_model_learns_a_separable_task():
                                mesh=mesh)
     settings = _settings(epochs=4, batch_size=16, minibatch_size=16)
     forward = train.module_forward(module)
-    make_inputs = train.token_inputs(ids, pad_id=0, max_ctx=64)
+    make_inputs = loop.token_inputs(ids, pad_id=0, max_ctx=64)
     lengths = np.array([len(x) for x in ids])
-    params, record = train.finetune(
+    params, record = loop.finetune(
         name="learn", forward=forward, params=params, make_inputs=make_inputs,
         lengths=lengths, train_targets=targets, settings=settings,
         loss=losses.get_loss("xent"), loss_params={}, mesh=mesh, seed=0)
-    probs = train.predict(train.make_predict_step(forward, mesh), params,
+    probs = loop.predict(train.make_predict_step(forward, mesh), params,
                           make_inputs=make_inputs, lengths=lengths,
                           batch_size=16, mesh=mesh, num_classes=2)
     assert np.mean(probs.argmax(-1) == np.array(labels)) > 0.95

@@ -79,7 +79,27 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 10  # steps between progress lines
 
     # Device mesh: axis name -> size, -1 fills with the remaining devices.
-    config.mesh = ml_collections.ConfigDict({"data": -1})
+    # data splits batches; fsdp splits batches and also parameters and
+    # optimizer state; tensor splits MLP units, attention heads, vocabulary.
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Backbone compute dtype: "float32" or "bfloat16". Parameters, optimizer
+    # state, the head, logits and losses stay float32 either way.
+    config.compute_dtype = "float32"
+    # Gradient checkpointing per transformer block: "none", "full"
+    # (recompute each block) or "dots" (keep the weight matmuls' outputs).
+    config.remat = "none"
+
+    # Steps between checkpoints of an unfinished stage (0 = only on SIGTERM);
+    # a rerun of the same command resumes from the latest one.
+    config.checkpoint_every_steps = 50
+
+    # Multi-host runs (jax.distributed). An explicit coordinator (here or
+    # W2S_COORDINATOR / W2S_NUM_PROCESSES / W2S_PROCESS_ID) suits GPU
+    # clusters; `enabled` (or W2S_DISTRIBUTED=1) alone auto-detects the
+    # cluster, e.g. on Cloud TPU. 0 and -1 mean "not set".
+    config.distributed = ml_collections.ConfigDict({
+        "enabled": False, "coordinator_address": "", "num_processes": 0,
+        "process_id": -1})
     return config
 
 
@@ -87,7 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the bad value and the valid choices."""
     # Local imports: the registries pull in heavy modules (datasets,
     # transformers) that a bare config file should not need.
-    from w2s_jax import losses
+    from w2s_jax import losses, sharding, train
     from w2s_jax.data import tasks
     from w2s_jax.models import registry
 
@@ -103,6 +123,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   LR_SCHEDULES)
     _check_choice("config.loss_params.schedule", config.loss_params.schedule,
                   losses.ALPHA_SCHEDULES)
+    _check_choice("config.compute_dtype", config.compute_dtype,
+                  list(train.COMPUTE_DTYPES))
+    _check_choice("config.remat", config.remat, list(sharding.REMAT_POLICIES))
     for role in ("weak", "strong"):
         model = config[role]
         registry.check_model_name(model.name, field=f"config.{role}.name")
@@ -116,6 +139,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value is None or value <= 0:
             raise ValueError(f"config.{field} must be a positive integer, "
                              f"got {value!r}")
+    if config.checkpoint_every_steps < 0:
+        raise ValueError(f"config.checkpoint_every_steps must be >= 0 (0 = "
+                         f"only on SIGTERM), got {config.checkpoint_every_steps}")
+    if config.distributed.num_processes < 0 or config.distributed.process_id < -1:
+        raise ValueError(f"config.distributed.num_processes must be >= 0 and "
+                         f"process_id >= -1 (0 / -1 = not set), got "
+                         f"{config.distributed.to_dict()}")
     if config.train.batch_size % config.train.minibatch_size:
         raise ValueError(
             f"config.train.batch_size ({config.train.batch_size}) must be a "

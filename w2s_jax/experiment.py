@@ -10,17 +10,19 @@ frozen features: learners.py). Each stage is a `finetune_stage` call that
 goes through the stage cache, so
 stages compose into longer chains (bootstrapping) and finished ones are
 reused across runs and configs (an xent and a logconf run share their weak
-and ceiling stages).
+and ceiling stages); a stage interrupted in training resumes from its last
+checkpoint when the same command is run again.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 import numpy as np
 
 from w2s_jax import config as config_lib
-from w2s_jax import features, learners, losses, report, sharding, stages, train
+from w2s_jax import features, learners, loop, losses, report, sharding, stages, train
 from w2s_jax.data import batching, sources, splits
 from w2s_jax.models import registry
 from w2s_jax.progress import log
@@ -103,7 +105,9 @@ def finetune_stage(name: str, learner, *, workdir: str,
     settings = learner.settings
     spec = {
         "learner": learner.spec,
-        "train": dataclasses.asdict(settings),
+        # How often progress is printed does not change what is computed.
+        "train": {k: v for k, v in dataclasses.asdict(settings).items()
+                  if k != "log_every"},
         "loss": loss_name, "loss_params": loss_params, "seed": config.seed,
         "train_data": [learner.fingerprint("train", train_idx),
                        stages.fingerprint(targets)],
@@ -112,19 +116,22 @@ def finetune_stage(name: str, learner, *, workdir: str,
                          for k, (side, idx, gold) in sorted(predict_sets.items())},
     }
 
-    def compute():
+    def compute(inprogress_dir):
         num_classes = targets.shape[1]
         forward, params = learner.init(num_classes, config.seed, mesh)
-        params, record = train.finetune(
+        params, record = loop.finetune(
             name=name, forward=forward, params=params,
             make_inputs=learner.inputs("train", train_idx),
             lengths=learner.lengths("train", train_idx), train_targets=targets,
             settings=settings, loss=losses.get_loss(loss_name),
-            loss_params=loss_params, mesh=mesh, seed=config.seed)
-        predict_step = train.make_predict_step(forward, mesh)
+            loss_params=loss_params, mesh=mesh, seed=config.seed,
+            checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
+            checkpoint_every=config.checkpoint_every_steps)
+        predict_step = train.make_predict_step(
+            forward, mesh, param_shardings=sharding.shardings_of(params))
         arrays = {}
         for set_name, (side, idx, gold) in predict_sets.items():
-            probs = train.predict(
+            probs = loop.predict(
                 predict_step, params, make_inputs=learner.inputs(side, idx),
                 lengths=learner.lengths(side, idx),
                 batch_size=settings.eval_batch_size, mesh=mesh,
@@ -148,7 +155,8 @@ def _learner(role, model, ids, texts, config, workdir, mesh):
     pooling = model_cfg.pooling or registry.default_pooling(model)
     if mode == "finetune":
         return learners.TokenLearner(role, model, model_cfg, pooling, settings,
-                                     ids)
+                                     ids, compute_dtype=config.compute_dtype,
+                                     remat=config.remat)
     feature_spec = {"name": model.name, "source": model.source,
                     "pooling": pooling, "layer": model_cfg.feature_layer}
     if model.family == registry.BOW_FAMILY:
@@ -156,7 +164,7 @@ def _learner(role, model, ids, texts, config, workdir, mesh):
     fingerprint = {side: stages.fingerprint(*(ids[side] if ids else texts[side]))
                    for side in ("train", "test")}
 
-    def compute():
+    def compute(_):  # extraction keeps no resumable state
         if model.family == registry.BOW_FAMILY:
             # Fit on the whole train pool's texts (no labels), never on test.
             featurizer = registry.bow_featurizer(model).fit(texts["train"])
@@ -215,7 +223,8 @@ def _check_divisible(config, mesh) -> None:
         value = config.train[field]
         if value % data_size:
             raise ValueError(f"config.train.{field}={value} must be divisible "
-                             f"by the mesh's data axis size {data_size}")
+                             f"by the mesh's batch split (data x fsdp axes) "
+                             f"{data_size}")
 
 
 def _tokenize_all(data: splits.TaskData, models: dict, config):

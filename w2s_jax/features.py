@@ -26,8 +26,12 @@ class LinearHead(nn.Module):
 
     @nn.compact
     def __call__(self, features):
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                        name="head")(features.astype(jnp.float32))
+        zeros = nn.initializers.zeros_init()
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=sharding.logical_init(zeros, ("embed", "classes")),
+            bias_init=sharding.logical_init(zeros, ("classes",)),
+            name="head")(features.astype(jnp.float32))
 
 
 def extract(model: registry.ResolvedModel, params, ids: list[np.ndarray], *,
@@ -43,6 +47,10 @@ def extract(model: registry.ResolvedModel, params, ids: list[np.ndarray], *,
     block = registry.block_name(model, layer) if layer != -1 else None
 
     def featurize(p, inputs):
+        with sharding.activation_rules(mesh):
+            return pooled(p, inputs)
+
+    def pooled(p, inputs):
         input_ids, mask = inputs
         if block is None:
             hidden = backbone.apply({"params": p}, input_ids, mask)
@@ -53,8 +61,8 @@ def extract(model: registry.ResolvedModel, params, ids: list[np.ndarray], *,
             hidden = state["intermediates"][block]["__call__"][0]
         return pool(hidden, mask).astype(jnp.float32)
 
-    step = jax.jit(featurize, in_shardings=(sharding.replicated(mesh),
-                                            sharding.batch_sharding(mesh, 0)),
+    # Params keep whatever sharding init_params gave them (None: as passed).
+    step = jax.jit(featurize, in_shardings=(None, sharding.batch_sharding(mesh, 0)),
                    out_shardings=sharding.replicated(mesh))
     lengths = np.array([len(x) for x in ids])
     batches = batching.eval_batches(lengths, batch_size=batch_size)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import sharding, stages, train
+from w2s_jax import loop, stages, train
 from w2s_jax.features import LinearHead
 
 
@@ -26,6 +26,8 @@ class TokenLearner:
     pooling: str
     settings: train.TrainSettings
     ids: dict[str, list[np.ndarray]]  # side ("train" pool / "test") -> ids
+    compute_dtype: str = "float32"  # config.compute_dtype
+    remat: str = "none"  # config.remat
 
     @property
     def spec(self) -> dict:
@@ -34,7 +36,7 @@ class TokenLearner:
                 "source": self.model.source,
                 "backbone": dataclasses.asdict(self.model.backbone_config),
                 "linear_probe": cfg.linear_probe, "head_init": cfg.head_init,
-                "pooling": self.pooling}
+                "pooling": self.pooling, "compute_dtype": self.compute_dtype}
 
     def fingerprint(self, side: str, indices: np.ndarray) -> str:
         return stages.fingerprint(*[self.ids[side][i] for i in indices])
@@ -43,7 +45,7 @@ class TokenLearner:
         return np.array([len(self.ids[side][i]) for i in indices])
 
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
-        return train.token_inputs([self.ids[side][i] for i in indices],
+        return loop.token_inputs([self.ids[side][i] for i in indices],
                                   pad_id=self.model.tokenizer.pad_id,
                                   max_ctx=self.settings.max_ctx)
 
@@ -51,7 +53,8 @@ class TokenLearner:
         cfg = self.model_config
         module = train.build_classifier(
             self.model, num_classes=num_classes, linear_probe=cfg.linear_probe,
-            head_init=cfg.head_init, pooling=self.pooling)
+            head_init=cfg.head_init, pooling=self.pooling,
+            compute_dtype=self.compute_dtype, remat=self.remat)
         params = train.init_params(module, self.model, head_init=cfg.head_init,
                                    seed=seed, mesh=mesh)
         return train.module_forward(module), params
@@ -87,6 +90,7 @@ class FeatureLearner:
     def init(self, num_classes: int, seed: int, mesh):
         head = LinearHead(num_classes)
         dim = next(iter(self.features.values())).shape[1]
-        params = jax.jit(head.init, out_shardings=sharding.replicated(mesh))(
-            jax.random.key(seed), jnp.zeros((1, dim), jnp.float32))["params"]
+        params = train.init_sharded(
+            lambda key: head.init(key, jnp.zeros((1, dim), jnp.float32))["params"],
+            jax.random.key(seed), mesh)
         return (lambda p, x: head.apply({"params": p}, x)), params

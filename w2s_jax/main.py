@@ -4,15 +4,22 @@
     python -m w2s_jax.main --config=configs/smoke.py --workdir=runs/smoke \
         --config.seed=1 --config.train.epochs=3
 
-Rerunning the same command reuses every finished stage under --workdir.
+Rerunning the same command reuses every finished stage under --workdir and
+resumes an interrupted one from its last checkpoint. On SIGTERM a stage in
+training saves a checkpoint and the process exits with status 143.
+
+Multi-host: start the same command on every host, with
+--config.distributed.enabled=true on Cloud TPU (the cluster is detected),
+or with W2S_COORDINATOR=host:port W2S_NUM_PROCESSES=n W2S_PROCESS_ID=i
+(or the --config.distributed.* fields) elsewhere; --workdir must be shared.
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from w2s_jax import checkpoint, distributed, sweep
 from w2s_jax import config as config_lib
-from w2s_jax import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)
@@ -24,7 +31,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    sweep.run(_CONFIG.value, _WORKDIR.value)
+    # Before anything touches devices: the job's devices span every host.
+    distributed.initialize(_CONFIG.value)
+    try:
+        sweep.run(_CONFIG.value, _WORKDIR.value)
+    except checkpoint.Preempted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
 
 
 def run_cli():

@@ -1,10 +1,12 @@
 """The results file of one run, and the table a person reads.
 
-Results are built only from the stages' stored records and predictions, so
-a rerun that reuses every stage writes a byte-identical file. Files are
-append-only in spirit: each run writes `<workdir>/results/<run name>.json`
-(and .md), named by its task, models, loss, seed and stage keys, so runs of
-different configs in one workdir never overwrite each other.
+Results are built only from the stages' stored records and predictions,
+never from timings (those stay in the stage records), so a rerun that
+reuses every stage, or resumes an interrupted one, writes a byte-identical
+file. Files are append-only in spirit: each run writes
+`<workdir>/results/<run name>.json` (and .md), named by its task, models,
+loss, seed and stage keys, so runs of different configs in one workdir
+never overwrite each other.
 """
 from __future__ import annotations
 
@@ -16,7 +18,12 @@ import tempfile
 
 import numpy as np
 
-from w2s_jax import metrics
+from w2s_jax import distributed, metrics
+
+
+# Config fields that say how a run executes, not what it computes: a resumed
+# or multi-host run writes the same results file as a plain one.
+RUN_ONLY_KEYS = ("checkpoint_every_steps", "distributed")
 
 
 def metrics_on(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -67,10 +74,11 @@ def build_results(*, config, data, counts, halves, test_labels, stages,
             "steps": stage.record["steps"],
             "examples": stage.record["examples"],
             "final_loss": stage.record["final_loss"],
-            "train_seconds": round(stage.record["train_seconds"], 2),
             "padding_waste": round(stage.record["padding_waste"], 4),
         } for name, stage in stages.items()},
-        "config": json.loads(config.to_json()),
+        "config": {key: value
+                   for key, value in json.loads(config.to_json()).items()
+                   if key not in RUN_ONLY_KEYS},
     }
 
 
@@ -89,11 +97,14 @@ def write_results(results: dict, workdir: str) -> str:
 
 
 def write_named(workdir: str, name: str, payload: dict, table: str) -> str:
+    """Write `<workdir>/results/<name>.json` and .md (process 0 only)."""
     directory = os.path.join(workdir, "results")
-    os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
-    _atomic_write(base + ".json", json.dumps(payload, indent=1, sort_keys=True))
-    _atomic_write(base + ".md", table + "\n")
+    if distributed.is_primary():
+        os.makedirs(directory, exist_ok=True)
+        _atomic_write(base + ".json",
+                      json.dumps(payload, indent=1, sort_keys=True))
+        _atomic_write(base + ".md", table + "\n")
     return base + ".json"
 
 

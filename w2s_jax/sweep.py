@@ -7,7 +7,6 @@ the per-seed PGRs give the spread.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

@@ -1,4 +1,9 @@
-"""Finetune one classifier: init, sharded jitted train step, predict loop."""
+"""Model init, optimizer, and the sharded jitted train and predict steps.
+
+Parameters and optimizer state are created sharded by the logical axis rules
+of sharding.py (never built whole on one device); the steps take the
+parameters' shardings, with replicated parameters as the default.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +15,11 @@ import numpy as np
 import optax
 
 from w2s_jax import losses, sharding
-from w2s_jax.data import batching
 from w2s_jax.models import classifier, registry, tokenizers
-from w2s_jax.progress import Progress, log
+
+# Backbone compute dtypes. Parameters, optimizer state, pooling, head,
+# logits and losses stay float32 whichever is chosen.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,31 +38,51 @@ class TrainSettings:
 
 
 def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
-                     linear_probe: bool, head_init: str,
-                     pooling: str = "last") -> classifier.Classifier:
+                     linear_probe: bool, head_init: str, pooling: str = "last",
+                     compute_dtype: str = "float32",
+                     remat: str = "none") -> classifier.Classifier:
+    """`compute_dtype`: a COMPUTE_DTYPES name for the backbone; `remat`: a
+    sharding.REMAT_POLICIES name, applied to every transformer block."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={compute_dtype!r} is not valid; "
+                         f"choose one of: {', '.join(COMPUTE_DTYPES)}")
+    if remat not in sharding.REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is not valid; choose one of: "
+                         f"{', '.join(sharding.REMAT_POLICIES)}")
     # 'unembedding' starts from zeros and is overwritten in init_params.
     module_head_init = "zeros" if head_init == "unembedding" else head_init
+    backbone = registry.backbone(model, dtype=COMPUTE_DTYPES[compute_dtype],
+                                 remat=remat)
     return classifier.Classifier(
-        backbone=registry.backbone(model), num_classes=num_classes,
-        linear_probe=linear_probe, head_init=module_head_init, pooling=pooling)
+        backbone=backbone, num_classes=num_classes, linear_probe=linear_probe,
+        head_init=module_head_init, pooling=pooling)
+
+
+def init_sharded(init_fn: Callable, key, mesh, rules=sharding.RULES) -> Any:
+    """Random params = init_fn(key), created directly in their shardings."""
+    _, shardings = sharding.param_shardings(init_fn, key, mesh=mesh, rules=rules)
+    return jax.jit(init_fn, out_shardings=shardings)(key)
 
 
 def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
-                head_init: str, seed: int, mesh) -> Any:
-    """Pretrained weights (or a random init) placed replicated on the mesh."""
+                head_init: str, seed: int, mesh, rules=sharding.RULES) -> Any:
+    """Pretrained weights (or a random init), sharded by the logical rules.
+
+    Shapes and shardings come from tracing the init only; a random init is
+    then jitted straight into its shardings, and pretrained numpy weights are
+    device_put into them, so no device ever holds the whole unsharded model.
+    """
     dummy = jnp.zeros((1, 8), jnp.int32)
 
     def init_fn(key):
         return module.init(key, dummy, jnp.ones_like(dummy))["params"]
 
     key = jax.random.key(seed)
-    replicated = sharding.replicated(mesh)
+    abstract, shardings = sharding.param_shardings(init_fn, key, mesh=mesh,
+                                                   rules=rules)
     if model.checkpoint_dir is None:
-        params = jax.jit(init_fn, out_shardings=replicated)(key)
-        params = jax.tree.map(np.asarray, params)
+        params = jax.jit(init_fn, out_shardings=shardings)(key)
     else:
-        # Only shapes: the backbone is never materialised twice.
-        abstract = jax.eval_shape(init_fn, key)
         backbone = registry.pretrained_backbone_params(model, abstract["backbone"])
         shape = abstract["head"]["kernel"].shape
         head = (np.zeros(shape, np.float32) if head_init != "normal" else
@@ -65,7 +92,24 @@ def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
         ids = tokenizers.label_token_ids(model.tokenizer, module.num_classes)
         wte = registry.embedding_table(model, params["backbone"])
         params["head"]["kernel"] = classifier.head_from_unembedding(wte, ids)
-    return jax.device_put(params, replicated)
+    return jax.device_put(params, shardings)
+
+
+def init_state(tx, params, mesh) -> dict:
+    """The train state {"params", "opt_state", "step"}, all on the mesh.
+
+    The optimizer state is created sharded like `params` (Adam's moments
+    take their parameter's sharding; counts are replicated), and the step
+    is replicated too, so the train step's second call finds the layout of
+    its first and does not compile again.
+    """
+    replicated = sharding.replicated(mesh)
+    opt_shardings = sharding.like_params(
+        jax.eval_shape(tx.init, params), params, sharding.shardings_of(params),
+        default=replicated)
+    return {"params": params,
+            "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
 
 def make_optimizer(settings: TrainSettings, total_steps: int):
@@ -102,8 +146,14 @@ def module_forward(module) -> Callable:
 
 
 def make_train_step(forward: Callable, tx, loss: losses.Loss,
-                    loss_params: dict, total_steps: int, mesh) -> Callable:
+                    loss_params: dict, total_steps: int, mesh,
+                    param_shardings=None, rules=sharding.RULES) -> Callable:
     """A jitted step on a batch {"inputs", "targets"} shaped [micro, minibatch, ...].
+
+    `param_shardings` (a tree like the params; None = replicated) are kept
+    by the step; the optimizer state comes out sharded like its parameters
+    (as init_state makes it), gradients accumulate sharded the same way,
+    and the model's activations follow `rules`. The state is donated.
 
     `forward(params, inputs) -> logits` is the model: a transformer
     classifier on token ids, or a linear head on frozen features. Gradients
@@ -112,7 +162,15 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
     forward pass over all minibatches gives the batch's logits first.
     Without dropout that pass sees exactly the logits the gradient pass sees.
     """
+    replicated = sharding.replicated(mesh)
+    param_shardings = replicated if param_shardings is None else param_shardings
+    sharding.check_rules(rules, mesh)
+
     def step(state, batch):
+        with sharding.activation_rules(mesh, rules):
+            return sharded_step(state, batch)
+
+    def sharded_step(state, batch):
         params = state["params"]
         progress = state["step"].astype(jnp.float32) / total_steps
         inputs, targets = batch["inputs"], batch["targets"]
@@ -147,109 +205,40 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
             value, grads = grad_fn(params, *xs)
             return (loss_sum + value, jax.tree.map(jnp.add, grad_sum, grads)), None
 
-        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        (value, grads), _ = jax.lax.scan(accumulate, zeros,
-                                         (inputs, targets, stats))
+        grad_zeros = jax.lax.with_sharding_constraint(
+            jax.tree.map(jnp.zeros_like, params), param_shardings)
+        (value, grads), _ = jax.lax.scan(
+            accumulate, (jnp.zeros((), jnp.float32), grad_zeros),
+            (inputs, targets, stats))
         updates, opt_state = tx.update(grads, state["opt_state"], params)
+        opt_state = jax.lax.with_sharding_constraint(opt_state, sharding.like_params(
+            opt_state, params, param_shardings, default=replicated))
         new_state = {"params": optax.apply_updates(params, updates),
                      "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, {"loss": value}
 
-    batch_sharding = sharding.batch_sharding(mesh, batch_dim=1)
-    replicated = sharding.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, batch_sharding),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    # The optimizer state's shardings are left to the arguments (None): its
+    # tree is only known once tx.init has run; inside, it is pinned to
+    # like_params, so every step sees the same layout.
+    state_shardings = {"params": param_shardings, "opt_state": None,
+                       "step": replicated}
+    return jax.jit(step, in_shardings=(state_shardings,
+                                       sharding.batch_sharding(mesh, batch_dim=1)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
-def make_predict_step(forward: Callable, mesh) -> Callable:
+def make_predict_step(forward: Callable, mesh, param_shardings=None,
+                      rules=sharding.RULES) -> Callable:
+    """Jitted class probabilities; `param_shardings` None = replicated."""
+    sharding.check_rules(rules, mesh)
+
     def predict_probs(params, inputs):
-        return jax.nn.softmax(forward(params, inputs).astype(jnp.float32), axis=-1)
+        with sharding.activation_rules(mesh, rules):
+            logits = forward(params, inputs)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    return jax.jit(predict_probs, in_shardings=(sharding.replicated(mesh),
+    if param_shardings is None:
+        param_shardings = sharding.replicated(mesh)
+    return jax.jit(predict_probs, in_shardings=(param_shardings,
                                                 sharding.batch_sharding(mesh, 0)),
                    out_shardings=sharding.replicated(mesh))
-
-
-def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
-    """make_inputs(indices, rows) -> (input_ids, attention_mask), right-padded."""
-    def make_inputs(indices, rows):
-        return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
-                            pad_id=pad_id)
-    return make_inputs
-
-
-def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
-            batch_size: int, mesh, num_classes: int) -> np.ndarray:
-    """Class probabilities [N, K] in the original example order."""
-    probs = np.zeros((len(lengths), num_classes), np.float32)
-    for indices in batching.eval_batches(lengths, batch_size=batch_size):
-        inputs = sharding.to_global(mesh, make_inputs(indices, batch_size))
-        out = np.asarray(predict_step(params, inputs))
-        probs[indices] = out[:len(indices)]
-    return probs
-
-
-def finetune(*, name: str, forward: Callable, params, make_inputs,
-             lengths: np.ndarray, train_targets: np.ndarray,
-             settings: TrainSettings, loss: losses.Loss, loss_params: dict,
-             mesh, seed: int) -> tuple[Any, dict]:
-    """Train on (inputs, soft targets); returns the final params and a record.
-
-    `make_inputs(indices, rows)` builds the numpy inputs of a batch;
-    `lengths` (tokens per example) groups similar lengths into batches.
-    """
-    n_examples = len(lengths)
-    steps_per_epoch = n_examples // settings.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"[{name}] {n_examples} training examples are "
-                         f"fewer than one batch of {settings.batch_size}")
-    total_steps = steps_per_epoch * settings.epochs
-    n_micro = settings.batch_size // settings.minibatch_size
-    tx = make_optimizer(settings, total_steps)
-    state = {"params": params, "opt_state": jax.jit(tx.init)(params),
-             "step": jnp.zeros((), jnp.int32)}
-    step_fn = make_train_step(forward, tx, loss, loss_params, total_steps, mesh)
-    progress = Progress(name, total_steps, settings.batch_size)
-    log(f"[{name}] {n_examples} examples, {settings.epochs} epochs, "
-        f"{total_steps} steps of {settings.batch_size} "
-        f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "
-        f"loss {loss.name}")
-
-    def micro_split(x):
-        return x.reshape(n_micro, settings.minibatch_size, *x.shape[1:])
-
-    losses_seen, waste, pending, step = [], [], None, 0
-    for epoch in range(settings.epochs):
-        rng = np.random.default_rng([seed, epoch])
-        batches = batching.train_batches(lengths, batch_size=settings.batch_size,
-                                         rng=rng)
-        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
-        for indices in batches:
-            batch = {"inputs": jax.tree.map(micro_split,
-                                            make_inputs(indices, len(indices))),
-                     "targets": micro_split(train_targets[indices])}
-            state, metrics = step_fn(state, sharding.to_global(mesh, batch, 1))
-            step += 1
-            # Read the previous step's loss only now, so the host never
-            # waits on the device between dispatches.
-            if pending is not None:
-                _record(pending, losses_seen, progress, settings.log_every,
-                        total_steps)
-            pending = (step, metrics)
-    _record(pending, losses_seen, progress, settings.log_every, total_steps)
-    record = {"steps": total_steps, "examples": n_examples,
-              "final_loss": losses_seen[-1], "train_seconds": progress.elapsed(),
-              "padding_waste": float(np.mean(waste)),
-              "loss_curve": losses_seen}
-    return state["params"], record
-
-
-def _record(pending, losses_seen, progress, log_every, total_steps):
-    step, metrics = pending
-    value = float(metrics["loss"])
-    if not np.isfinite(value):
-        raise FloatingPointError(f"[{progress.name}] non-finite loss {value} "
-                                 f"at step {step}")
-    losses_seen.append(value)
-    if step == 1 or step % log_every == 0 or step == total_steps:
-        progress.update(step, value)

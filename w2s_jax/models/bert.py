@@ -4,7 +4,8 @@ Covers sentence-transformers MiniLM checkpoints (model_type "bert"). The
 backbone returns the encoder's last hidden states; the classifier pools them
 (mean or first token), so BERT's own pooler is never built. No dropout, like
 the GPT-2 backbone, and parameters are always float32 (`dtype` is only the
-compute dtype).
+compute dtype). Every parameter dimension and the main activations carry
+logical axis names, which `sharding.RULES` maps to the device mesh.
 
 `BertAttention` and `BertLayer` are shared with MPNet, whose layers are the
 same post-LayerNorm blocks plus an additive relative position bias.
@@ -18,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from w2s_jax import sharding
 from w2s_jax.models.gpt2 import ACTIVATIONS
 
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -88,19 +90,31 @@ class BertConfig:
         )
 
 
-def dense(features: int, dtype: Any, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name)
+def dense(features: int, dtype: Any, name: str, axes: tuple[str, str]) -> nn.Dense:
+    """`axes`: logical names of the kernel's (input, output) dimensions."""
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=sharding.logical_init(_INIT, axes),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
+    )
 
 
-def embed(num_embeddings: int, features: int, dtype: Any, name: str) -> nn.Embed:
+def embed(
+    num_embeddings: int, features: int, dtype: Any, name: str, axes: tuple[str, str]
+) -> nn.Embed:
+    """`axes`: logical names of the table's (row, feature) dimensions."""
     return nn.Embed(
         num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
-        embedding_init=_INIT, name=name,
+        embedding_init=sharding.logical_init(_INIT, axes), name=name,
     )
 
 
 def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+        scale_init=sharding.logical_init(nn.initializers.ones_init(), ("norm",)),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), ("norm",)), name=name,
+    )
 
 
 class BertAttention(nn.Module):
@@ -120,7 +134,8 @@ class BertAttention(nn.Module):
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
         q, k, v = (
-            dense(cfg.hidden_size, self.dtype, name)(x).reshape(batch, length, heads, head_dim)
+            dense(cfg.hidden_size, self.dtype, name, ("embed", "heads"))(x)
+            .reshape(batch, length, heads, head_dim)
             for name in ("query", "key", "value")
         )
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (head_dim**-0.5)
@@ -131,7 +146,8 @@ class BertAttention(nn.Module):
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
-        return dense(cfg.hidden_size, self.dtype, "out")(out)
+        out = sharding.constrain(out, ("batch", "length", "act_heads"))
+        return dense(cfg.hidden_size, self.dtype, "out", ("heads", "embed"))(out)
 
 
 class BertLayer(nn.Module):
@@ -146,10 +162,12 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, allowed: jax.Array, bias: jax.Array | None) -> jax.Array:
         cfg = self.config
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         attn = BertAttention(cfg, self.dtype, name="attention")(x, allowed, bias)
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "attention_norm")(x + attn)
-        h = ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, self.dtype, "intermediate")(x))
-        h = dense(cfg.hidden_size, self.dtype, "output")(h)
+        h = dense(cfg.intermediate_size, self.dtype, "intermediate", ("embed", "mlp"))(x)
+        h = sharding.constrain(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
+        h = dense(cfg.hidden_size, self.dtype, "output", ("mlp", "embed"))(h)
         return layer_norm(cfg.layer_norm_eps, self.dtype, "output_norm")(x + h)
 
 
@@ -163,25 +181,30 @@ class BertBackbone(nn.Module):
 
     Inputs must be RIGHT-padded: positions are arange(L), so only then do the
     real tokens sit where they would in an unpadded pass. Token types are all
-    0 (single-segment inputs, as sentence encoders are used).
+    0 (single-segment inputs, as sentence encoders are used). `remat` names a
+    sharding.REMAT_POLICIES entry, applied to every layer.
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
-        x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings")(input_ids)
+        x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings",
+                  ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.max_position_embeddings, cfg.hidden_size, self.dtype,
-                      "position_embeddings")(jnp.arange(length)[None, :])
+                      "position_embeddings", ("positions", "embed"))(jnp.arange(length)[None, :])
         x = x + embed(cfg.type_vocab_size, cfg.hidden_size, self.dtype,
-                      "token_type_embeddings")(jnp.zeros((1, length), jnp.int32))
+                      "token_type_embeddings", ("positions", "embed"))(
+            jnp.zeros((1, length), jnp.int32))
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "embeddings_norm")(x)
         allowed = key_mask(attention_mask)
+        layer = sharding.remat_block(BertLayer, self.remat)
         for i in range(cfg.num_hidden_layers):
-            x = BertLayer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, None)
+            x = layer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, None)
         return x
 
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from w2s_jax import sharding
+
 HEAD_INITS = {
     "zeros": nn.initializers.zeros,
     "normal": nn.initializers.normal(stddev=0.02),
@@ -51,8 +53,9 @@ class Classifier(nn.Module):
     """logits [B, num_classes] (float32) = head(pool_last_token(backbone(...))).
 
     With `linear_probe`, gradients stop at the pooled features, so only the
-    head trains. The head is always computed in float32, whatever the
-    backbone's compute dtype, so logits and losses keep full precision.
+    head trains. Pooling and the head are always computed in float32,
+    whatever the backbone's compute dtype, so a mean over many bf16 states,
+    the logits and the losses keep full precision.
     """
 
     backbone: nn.Module
@@ -75,7 +78,7 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = self.backbone(input_ids, attention_mask)
+        hidden = self.backbone(input_ids, attention_mask).astype(jnp.float32)
         pooled = POOLINGS[self.pooling](hidden, attention_mask)
         if self.linear_probe:
             pooled = jax.lax.stop_gradient(pooled)
@@ -84,23 +87,23 @@ class Classifier(nn.Module):
             use_bias=False,
             dtype=jnp.float32,
             param_dtype=jnp.float32,
-            kernel_init=HEAD_INITS[self.head_init],
+            kernel_init=sharding.logical_init(HEAD_INITS[self.head_init], ("embed", "classes")),
             name="head",
         )
-        return head(pooled.astype(jnp.float32))
+        return head(pooled)
 
 
-def head_from_unembedding(wte: np.ndarray, token_ids: Sequence[int]) -> np.ndarray:
+def head_from_unembedding(wte: jax.Array | np.ndarray, token_ids: Sequence[int]):
     """Head kernel [D, K] whose column k is the unembedding row of token_ids[k].
 
     The paper's optional head init: start the classifier as the language
-    model's own logit for each label token (e.g. "0" and "1").
+    model's own logit for each label token (e.g. "0" and "1"). `wte` may be
+    a numpy array or a (sharded) jax array, which stays on the devices.
     """
-    wte = np.asarray(wte)
     ids = [int(t) for t in token_ids]
     if not ids:
         raise ValueError("token_ids is empty")
     bad = [t for t in ids if not 0 <= t < wte.shape[0]]
     if bad:
         raise ValueError(f"token ids {bad} out of range for a vocabulary of {wte.shape[0]}")
-    return wte[ids].T.astype(np.float32)
+    return wte[np.asarray(ids)].T.astype(np.float32)

@@ -6,7 +6,9 @@ because the paper fine-tunes with dropout turned off, and no KV cache, because
 we never generate.
 
 Parameters are always float32; `dtype` only sets the compute dtype, so mixed
-precision never changes what is stored or checkpointed.
+precision never changes what is stored or checkpointed. Every parameter
+dimension and the main activations carry logical axis names, which
+`sharding.RULES` maps to the device mesh.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from w2s_jax import sharding
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 
@@ -82,22 +86,28 @@ class GPT2Config:
         )
 
 
-def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
+def _dense(features: int, dtype: Any, name: str, axes: tuple[str, str]) -> nn.Dense:
+    """`axes`: logical names of the kernel's (input, output) dimensions."""
     return nn.Dense(
-        features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_INIT, name=name
+        features, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=sharding.logical_init(_INIT, axes),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
     )
 
 
-def _embed(num_embeddings: int, config: GPT2Config, dtype: Any, name: str) -> nn.Embed:
+def _embed(num_embeddings: int, config: GPT2Config, dtype: Any, name: str,
+           rows: str) -> nn.Embed:
     return nn.Embed(
         num_embeddings, config.n_embd, dtype=dtype, param_dtype=jnp.float32,
-        embedding_init=_INIT, name=name,
+        embedding_init=sharding.logical_init(_INIT, (rows, "embed")), name=name,
     )
 
 
 def _layer_norm(config: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
-        epsilon=config.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32, name=name
+        epsilon=config.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32,
+        scale_init=sharding.logical_init(nn.initializers.ones_init(), ("norm",)),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), ("norm",)), name=name,
     )
 
 
@@ -112,7 +122,7 @@ class GPT2Attention(nn.Module):
         batch, length, _ = x.shape
         head_dim = cfg.n_embd // cfg.n_head
         # One fused projection, split as q|k|v along the features, like HF.
-        qkv = _dense(3 * cfg.n_embd, self.dtype, "c_attn")(x)
+        qkv = _dense(3 * cfg.n_embd, self.dtype, "c_attn", ("embed", "qkv"))(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         q, k, v = (t.reshape(batch, length, cfg.n_head, head_dim) for t in (q, k, v))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
@@ -122,7 +132,8 @@ class GPT2Attention(nn.Module):
         scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.n_embd)
-        return _dense(cfg.n_embd, self.dtype, "c_proj")(out)
+        out = sharding.constrain(out, ("batch", "length", "act_heads"))
+        return _dense(cfg.n_embd, self.dtype, "c_proj", ("heads", "embed"))(out)
 
 
 class GPT2MLP(nn.Module):
@@ -132,9 +143,9 @@ class GPT2MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        x = _dense(4 * cfg.n_embd, self.dtype, "c_fc")(x)
-        x = ACTIVATIONS[cfg.activation](x)
-        return _dense(cfg.n_embd, self.dtype, "c_proj")(x)
+        x = _dense(4 * cfg.n_embd, self.dtype, "c_fc", ("embed", "mlp"))(x)
+        x = sharding.constrain(ACTIVATIONS[cfg.activation](x), ("batch", "length", "act_mlp"))
+        return _dense(cfg.n_embd, self.dtype, "c_proj", ("mlp", "embed"))(x)
 
 
 class GPT2Block(nn.Module):
@@ -146,6 +157,7 @@ class GPT2Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
         cfg = self.config
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         x = x + GPT2Attention(cfg, self.dtype, name="attn")(
             _layer_norm(cfg, self.dtype, "ln_1")(x), allowed
         )
@@ -158,25 +170,30 @@ class GPT2Backbone(nn.Module):
     Inputs must be RIGHT-padded: position ids are simply arange(L), so the
     real tokens of every row sit at positions 0..n-1, exactly as in an
     unpadded forward pass. Left padding would shift them and change outputs.
+    `remat` names a sharding.REMAT_POLICIES entry, applied to every block.
     """
 
     config: GPT2Config
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
-        x = _embed(cfg.vocab_size, cfg, self.dtype, "wte")(input_ids)
-        x = x + _embed(cfg.n_positions, cfg, self.dtype, "wpe")(jnp.arange(length)[None, :])
+        x = _embed(cfg.vocab_size, cfg, self.dtype, "wte", "vocab")(input_ids)
+        x = x + _embed(cfg.n_positions, cfg, self.dtype, "wpe", "positions")(
+            jnp.arange(length)[None, :]
+        )
         # A query may attend to a key iff the key is not in its future and is
         # a real token. Padding queries still get a valid row; their outputs
         # are meaningless and must be ignored by the caller (pooling does).
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         key_is_real = attention_mask.astype(bool)[:, None, None, :]
         allowed = causal[None, None] & key_is_real
+        block = sharding.remat_block(GPT2Block, self.remat)
         for i in range(cfg.n_layer):
-            x = GPT2Block(cfg, self.dtype, name=f"h_{i}")(x, allowed)
+            x = block(cfg, self.dtype, name=f"h_{i}")(x, allowed)
         return _layer_norm(cfg, self.dtype, "ln_f")(x)
 
 

@@ -6,7 +6,9 @@ family: Llama 2/3, SmolLM2 (model_type "llama") and Qwen2/Qwen2.5
 Like `gpt2.py` it maps token ids to final (post-`norm`) hidden states, with
 no dropout and no KV cache.
 
-Parameters are always float32; `dtype` only sets the compute dtype.
+Parameters are always float32; `dtype` only sets the compute dtype. Every
+parameter dimension and the main activations carry logical axis names, which
+`sharding.RULES` maps to the device mesh.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from w2s_jax import sharding
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 # HF's ACT2FN names for SiLU; the gated MLP is only defined for it here.
@@ -202,17 +206,22 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
 
 
-def _dense(features: int, use_bias: bool, dtype: Any, name: str) -> nn.Dense:
+def _dense(
+    features: int, use_bias: bool, dtype: Any, name: str, axes: tuple[str, str]
+) -> nn.Dense:
+    """`axes`: logical names of the kernel's (input, output) dimensions."""
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=_INIT, name=name,
+        kernel_init=sharding.logical_init(_INIT, axes),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
     )
 
 
 def _rms_norm(config: LlamaConfig, dtype: Any, name: str) -> nn.RMSNorm:
     # Flax computes the mean square in float32 even for bf16 inputs, as HF does.
     return nn.RMSNorm(
-        epsilon=config.rms_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name
+        epsilon=config.rms_norm_eps, dtype=dtype, param_dtype=jnp.float32,
+        scale_init=sharding.logical_init(nn.initializers.ones_init(), ("norm",)), name=name,
     )
 
 
@@ -228,9 +237,9 @@ class LlamaAttention(nn.Module):
         cfg = self.config
         batch, length, _ = x.shape
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q = _dense(heads * head_dim, cfg.qkv_bias, self.dtype, "q_proj")(x)
-        k = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "k_proj")(x)
-        v = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "v_proj")(x)
+        q = _dense(heads * head_dim, cfg.qkv_bias, self.dtype, "q_proj", ("embed", "heads"))(x)
+        k = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "k_proj", ("embed", "kv"))(x)
+        v = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "v_proj", ("embed", "kv"))(x)
         q = _apply_rope(q.reshape(batch, length, heads, head_dim), cos, sin)
         k = _apply_rope(k.reshape(batch, length, kv_heads, head_dim), cos, sin)
         v = v.reshape(batch, length, kv_heads, head_dim)
@@ -245,7 +254,8 @@ class LlamaAttention(nn.Module):
         scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, length, heads * head_dim)
-        return _dense(cfg.hidden_size, cfg.o_bias, self.dtype, "o_proj")(out)
+        out = sharding.constrain(out, ("batch", "length", "act_heads"))
+        return _dense(cfg.hidden_size, cfg.o_bias, self.dtype, "o_proj", ("heads", "embed"))(out)
 
 
 class LlamaMLP(nn.Module):
@@ -257,9 +267,10 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        gate = _dense(cfg.intermediate_size, False, self.dtype, "gate_proj")(x)
-        up = _dense(cfg.intermediate_size, False, self.dtype, "up_proj")(x)
-        return _dense(cfg.hidden_size, False, self.dtype, "down_proj")(jax.nn.silu(gate) * up)
+        gate = _dense(cfg.intermediate_size, False, self.dtype, "gate_proj", ("embed", "mlp"))(x)
+        up = _dense(cfg.intermediate_size, False, self.dtype, "up_proj", ("embed", "mlp"))(x)
+        hidden = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return _dense(cfg.hidden_size, False, self.dtype, "down_proj", ("mlp", "embed"))(hidden)
 
 
 class LlamaBlock(nn.Module):
@@ -273,6 +284,7 @@ class LlamaBlock(nn.Module):
         self, x: jax.Array, cos: jax.Array, sin: jax.Array, allowed: jax.Array
     ) -> jax.Array:
         cfg = self.config
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
         x = x + LlamaAttention(cfg, self.dtype, name="self_attn")(
             _rms_norm(cfg, self.dtype, "input_layernorm")(x), cos, sin, allowed
         )
@@ -286,10 +298,12 @@ class LlamaBackbone(nn.Module):
 
     Inputs must be RIGHT-padded: position ids are arange(L), so each row's
     real tokens sit at positions 0..n-1 exactly as in an unpadded pass.
+    `remat` names a sharding.REMAT_POLICIES entry, applied to every block.
     """
 
     config: LlamaConfig
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -297,7 +311,7 @@ class LlamaBackbone(nn.Module):
         length = input_ids.shape[1]
         x = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-            embedding_init=_INIT, name="embed_tokens",
+            embedding_init=sharding.logical_init(_INIT, ("vocab", "embed")), name="embed_tokens",
         )(input_ids)
         # Angles in float32 whatever the compute dtype (as HF does): bf16
         # positions would already be wrong past 256.
@@ -308,8 +322,9 @@ class LlamaBackbone(nn.Module):
         # a real token; padding queries' outputs are garbage the pooling skips.
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         allowed = causal[None, None, None] & attention_mask.astype(bool)[:, None, None, None, :]
+        block = sharding.remat_block(LlamaBlock, self.remat)
         for i in range(cfg.num_hidden_layers):
-            x = LlamaBlock(cfg, self.dtype, name=f"layers_{i}")(x, cos, sin, allowed)
+            x = block(cfg, self.dtype, name=f"layers_{i}")(x, cos, sin, allowed)
         return _rms_norm(cfg, self.dtype, "norm")(x)
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from w2s_jax import sharding
 from w2s_jax.models.bert import (
     LAYER_MLP_MAP, BertLayer, check_encoder_fields, check_model_type, embed, key_mask,
     layer_norm, linear_rows, norm_rows,
@@ -106,11 +107,13 @@ class MPNetBackbone(nn.Module):
     right padding the pad id used does not change real positions' outputs).
     As in HF, positions come from the ids, not the mask: a real token equal
     to the pad id gets the pad position and is skipped when counting later
-    tokens' positions.
+    tokens' positions. `remat` names a sharding.REMAT_POLICIES entry, applied
+    to every layer.
     """
 
     config: MPNetConfig
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -119,17 +122,20 @@ class MPNetBackbone(nn.Module):
         # fairseq-style positions: real tokens count from pad+1, pads get pad.
         not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
         positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
-        x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings")(input_ids)
+        x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings",
+                  ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.max_position_embeddings, cfg.hidden_size, self.dtype,
-                      "position_embeddings")(positions)
+                      "position_embeddings", ("positions", "embed"))(positions)
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "embeddings_norm")(x)
         # One [1, H, L, L] float32 bias from arange offsets, shared by all layers.
         bias = embed(NUM_BUCKETS, cfg.num_attention_heads, jnp.float32,
-                     "relative_attention_bias")(jnp.asarray(relative_position_buckets(length)))
+                     "relative_attention_bias", ("positions", "heads"))(
+            jnp.asarray(relative_position_buckets(length)))
         bias = bias.transpose(2, 0, 1)[None]
         allowed = key_mask(attention_mask)
+        layer = sharding.remat_block(BertLayer, self.remat)
         for i in range(cfg.num_hidden_layers):
-            x = BertLayer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, bias)
+            x = layer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, bias)
         return x
 
 

@@ -238,8 +238,9 @@ def _weights_digest(path: str) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def backbone(model: ResolvedModel):
-    return FAMILIES[model.family].backbone(model.backbone_config)
+def backbone(model: ResolvedModel, **module_fields):
+    """The family's backbone module; `module_fields` e.g. dtype, remat."""
+    return FAMILIES[model.family].backbone(model.backbone_config, **module_fields)
 
 
 def default_pooling(model: ResolvedModel) -> str:

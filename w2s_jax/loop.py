@@ -1,0 +1,190 @@
+"""The training and prediction loops around the jitted steps of train.py."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from w2s_jax import checkpoint, distributed, losses, sharding
+from w2s_jax.data import batching
+from w2s_jax.progress import Progress, log
+from w2s_jax.train import (TrainSettings, init_state, make_optimizer,
+                           make_train_step)
+
+
+def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
+    """make_inputs(indices, rows) -> (input_ids, attention_mask), right-padded."""
+    def make_inputs(indices, rows):
+        return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
+                            pad_id=pad_id)
+    return make_inputs
+
+
+def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
+            batch_size: int, mesh, num_classes: int) -> np.ndarray:
+    """Class probabilities [N, K] in the original example order."""
+    probs = np.zeros((len(lengths), num_classes), np.float32)
+    positions = distributed.process_rows(mesh, batch_size)
+    for indices in batching.eval_batches(lengths, batch_size=batch_size):
+        inputs = sharding.to_global(
+            mesh, _process_inputs(make_inputs, lengths, indices, positions),
+            global_rows=batch_size)
+        # The output is replicated, so every process can read all of it.
+        out = np.asarray(predict_step(params, inputs))
+        probs[indices] = out[:len(indices)]
+    return probs
+
+
+def _process_inputs(make_inputs, lengths, indices, positions):
+    """This process's rows (`positions`) of the batch of `indices`, filler
+    rows past the last index included.
+
+    The padded length of a batch follows its longest example, so that
+    example is built first and then dropped: every process pads its rows to
+    the same length as the whole batch.
+    """
+    mine = indices[positions[positions < len(indices)]]
+    longest = indices[np.argmax(lengths[indices])]
+    inputs = make_inputs(np.concatenate([[longest], mine]), len(positions) + 1)
+    return jax.tree.map(lambda x: x[1:], inputs)
+
+
+def finetune(*, name: str, forward: Callable, params, make_inputs,
+             lengths: np.ndarray, train_targets: np.ndarray,
+             settings: TrainSettings, loss: losses.Loss, loss_params: dict,
+             mesh, seed: int, checkpoint_dir: str | None = None,
+             checkpoint_every: int = 0) -> tuple[Any, dict]:
+    """Train on (inputs, soft targets); returns the final params and a record.
+
+    `make_inputs(indices, rows)` builds the numpy inputs of a batch;
+    `lengths` (tokens per example) groups similar lengths into batches.
+    With `checkpoint_dir`, training resumes from the latest checkpoint there
+    and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
+    after which it raises checkpoint.Preempted.
+    """
+    n_examples = len(lengths)
+    steps_per_epoch = n_examples // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"[{name}] {n_examples} training examples are "
+                         f"fewer than one batch of {settings.batch_size}")
+    total_steps = steps_per_epoch * settings.epochs
+    n_micro = settings.batch_size // settings.minibatch_size
+    tx = make_optimizer(settings, total_steps)
+    state = init_state(tx, params, mesh)
+    step_fn = make_train_step(forward, tx, loss, loss_params, total_steps, mesh,
+                              param_shardings=sharding.shardings_of(params))
+    log(f"[{name}] {n_examples} examples, {settings.epochs} epochs, "
+        f"{total_steps} steps of {settings.batch_size} "
+        f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "
+        f"loss {loss.name}")
+
+    ckpt = (checkpoint.StageCheckpoints(checkpoint_dir, checkpoint_every)
+            if checkpoint_dir else None)
+    try:
+        start, losses_seen, seconds_before = 0, [], 0.0
+        restored = ckpt.restore(state) if ckpt else None
+        if restored is not None:
+            state, position = restored
+            start = int(state["step"])
+            epoch, batch = position["epoch"], position["batch"]
+            if epoch * steps_per_epoch + batch != start:
+                raise ValueError(f"[{name}] checkpoint in {checkpoint_dir} is "
+                                 f"at step {start} but at batch {batch} of "
+                                 f"epoch {epoch} ({steps_per_epoch} batches "
+                                 f"each); delete it to start over")
+            losses_seen = position["losses"]
+            seconds_before = position["train_seconds"]
+            log(f"[{name}] resuming from step {start}")
+        # Without checkpoints there is nothing to save: SIGTERM just kills.
+        watch = (checkpoint.sigterm_watch() if ckpt else
+                 contextlib.nullcontext(lambda step: False))
+        with watch as stop:
+            state, waste, seconds = _train(
+                name, state, step_fn, make_inputs=make_inputs, lengths=lengths,
+                train_targets=train_targets, settings=settings, mesh=mesh,
+                seed=seed, total_steps=total_steps, start=start,
+                losses_seen=losses_seen, seconds_before=seconds_before,
+                ckpt=ckpt, stop=stop)
+    finally:
+        if ckpt:
+            ckpt.close()
+    record = {"steps": total_steps, "examples": n_examples,
+              "final_loss": losses_seen[-1],
+              "train_seconds": seconds_before + seconds,
+              "resumed_from_step": start,
+              "padding_waste": float(np.mean(waste)),
+              "loss_curve": losses_seen}
+    return state["params"], record
+
+
+def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
+           settings, mesh, seed, total_steps, start, losses_seen,
+           seconds_before, ckpt, stop):
+    """Run steps start+1..total_steps, appending their losses to
+    `losses_seen`; returns the state, each epoch's padding waste, and the
+    seconds this call took."""
+    steps_per_epoch = total_steps // settings.epochs
+    n_micro = settings.batch_size // settings.minibatch_size
+    # This process's rows of each minibatch, as flat positions in the batch.
+    mine = distributed.process_rows(mesh, settings.minibatch_size)
+    positions = np.add.outer(np.arange(n_micro) * settings.minibatch_size,
+                             mine).ravel()
+    # Counted from the resumed step, so rates and ETAs cover this run only.
+    progress = Progress(name, total_steps, settings.batch_size,
+                        first_step=start + 1)
+
+    def micro_split(x):
+        return x.reshape(n_micro, len(mine), *x.shape[1:])
+
+    def record(pending):
+        step, metrics = pending
+        value = float(metrics["loss"])
+        if not np.isfinite(value):
+            raise FloatingPointError(f"[{name}] non-finite loss {value} "
+                                     f"at step {step}")
+        losses_seen.append(value)
+        if (step == start + 1 or step % settings.log_every == 0
+                or step == total_steps):
+            progress.update(step, value)
+
+    waste, pending = [], None
+    for epoch in range(settings.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        batches = batching.train_batches(lengths, batch_size=settings.batch_size,
+                                         rng=rng)
+        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
+        for index, indices in enumerate(batches):
+            step = epoch * steps_per_epoch + index + 1
+            if step <= start:
+                continue
+            batch = jax.tree.map(micro_split, {
+                "inputs": _process_inputs(make_inputs, lengths, indices,
+                                          positions),
+                "targets": train_targets[indices[positions]]})
+            state, metrics = step_fn(state, sharding.to_global(
+                mesh, batch, 1, global_rows=settings.minibatch_size))
+            # Read the previous step's loss only now, so the host never
+            # waits on the device between dispatches.
+            if pending is not None:
+                record(pending)
+            pending = (step, metrics)
+            stopping = stop(step)
+            if stopping or (ckpt and ckpt.due(step) and step < total_steps):
+                record(pending)
+                pending = None
+                # A copy of the losses: the save may serialise them later.
+                ckpt.save(step, state, {
+                    "epoch": step // steps_per_epoch,
+                    "batch": step % steps_per_epoch,
+                    "losses": list(losses_seen),
+                    "train_seconds": seconds_before + progress.elapsed()})
+            if stopping:
+                ckpt.wait()
+                raise checkpoint.Preempted(
+                    f"[{name}] stopped by SIGTERM after step {step}; "
+                    f"checkpoint saved, rerun the same command to resume")
+    if pending is not None:
+        record(pending)
+    return state, waste, progress.elapsed()
