@@ -11,23 +11,13 @@ emitter / Eigen vs torch's MKL/oneDNN sgemm) rather than everything else.
 """
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-
-def timed(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time
 
 
 def main():
@@ -68,9 +58,9 @@ def main():
             flops = 2 * m * k * n
             jfn = jax.jit(jf)
             ja = [jnp.asarray(o) for o in operands]
-            tj = timed(lambda: jfn(*ja).block_until_ready(), args.reps)
+            tj = median_time(lambda: jfn(*ja).block_until_ready(), args.reps, warmup=1)
             ta = [torch.from_numpy(o) for o in operands]
-            tt = timed(lambda: tf(*ta), args.reps)
+            tt = median_time(lambda: tf(*ta), args.reps, warmup=1)
             totals["jax"] += tj * args.layers
             totals["torch"] += tt * args.layers
             print(f"| {name} | {gemm} | {m}x{k} . {k}x{n} | "

@@ -10,13 +10,14 @@ machine. Shapes are GPT-2 small's (124M params, 38.6M of them in wte).
 import argparse
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+
+from timing import step_times
 
 
 def gpt2_shapes(layers=12, d=768, vocab=50257, positions=1024):
@@ -27,12 +28,8 @@ def gpt2_shapes(layers=12, d=768, vocab=50257, positions=1024):
     return shapes + [(d,), (d,), (d, 2)]
 
 
-def timed(fn, reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+def _median_min(fn, reps):
+    times = step_times(fn, reps)
     return statistics.median(times), min(times)
 
 
@@ -71,7 +68,7 @@ def main():
     rows = {}
     for _ in range(2):
         jax_step()
-    rows["optax.adam (jit, donated)"] = timed(jax_step, args.reps)
+    rows["optax.adam (jit, donated)"] = _median_min(jax_step, args.reps)
 
     for label, kw in (("torch Adam (default: for-loop on CPU)", {}),
                       ("torch Adam foreach=True", {"foreach": True}),
@@ -82,7 +79,7 @@ def main():
         opt = torch.optim.Adam(tp, lr=1e-5, **kw)
         for _ in range(2):
             opt.step()
-        rows[label] = timed(opt.step, args.reps)
+        rows[label] = _median_min(opt.step, args.reps)
         del tp, opt
 
     print("| update | median (ms) | min (ms) | GiB/s at min traffic (median) |")

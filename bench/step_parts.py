@@ -15,8 +15,6 @@ repeat:
 """
 import argparse
 import os
-import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -25,16 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def timed(fn, reps):
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time
 
 
 def attention_jax(q, k, v):
@@ -65,14 +54,14 @@ def main():
     jgrad = jax.jit(jax.grad(lambda q, k, v: attention_jax(q, k, v).sum(),
                              argnums=(0, 1, 2)))
     jq = [jnp.asarray(x) for x in qkv]
-    tj = timed(lambda: jax.block_until_ready(jgrad(*jq)), args.reps)
+    tj = median_time(lambda: jax.block_until_ready(jgrad(*jq)), args.reps, warmup=2)
     # torch wants [b, h, L, hd]
     tq = [torch.from_numpy(x).transpose(1, 2).contiguous().requires_grad_()
           for x in qkv]
 
     def torch_attn():
         F.scaled_dot_product_attention(*tq, is_causal=True).sum().backward()
-    tt = timed(torch_attn, args.reps)
+    tt = median_time(torch_attn, args.reps, warmup=2)
     rows["attention core x12"] = (tj * layers, tt * layers)
 
     # two LayerNorms and the tanh GELU of one block, fwd+bwd
@@ -86,7 +75,7 @@ def main():
                 + jax.nn.gelu(hmid, approximate=True).sum())
     jg = jax.jit(jax.grad(jax_ln_gelu, argnums=(0, 1, 2)))
     jx, jh = jnp.asarray(x), jnp.asarray(hmid)
-    tj = timed(lambda: jax.block_until_ready(jg(lnp, jx, jh)), args.reps)
+    tj = median_time(lambda: jax.block_until_ready(jg(lnp, jx, jh)), args.reps, warmup=2)
     tln = torch.nn.LayerNorm(d, eps=1e-5)
     tx = torch.from_numpy(x).requires_grad_()
     th = torch.from_numpy(hmid).requires_grad_()
@@ -94,7 +83,7 @@ def main():
     def torch_ln_gelu():
         (tln(tx).sum() + tln(tx * 2).sum()
          + F.gelu(th, approximate="tanh").sum()).backward()
-    tt = timed(torch_ln_gelu, args.reps)
+    tt = median_time(torch_ln_gelu, args.reps, warmup=2)
     rows["2 LayerNorm + GELU x12"] = (tj * layers, tt * layers)
 
     # token + position embedding gradients
@@ -107,7 +96,7 @@ def main():
         return ((wte[ids] + wpe[jnp.arange(L)][None]) * cot).sum()
     je = jax.jit(jax.grad(jax_embed, argnums=(0, 1)))
     ja = [jnp.asarray(a) for a in (wte, wpe, ids, cot)]
-    tj = timed(lambda: jax.block_until_ready(je(*ja)), args.reps)
+    tj = median_time(lambda: jax.block_until_ready(je(*ja)), args.reps, warmup=2)
     twte = torch.from_numpy(wte).requires_grad_()
     twpe = torch.from_numpy(wpe).requires_grad_()
     tids, tcot = torch.from_numpy(ids), torch.from_numpy(cot)
@@ -116,7 +105,7 @@ def main():
         twte.grad = twpe.grad = None
         ((F.embedding(tids, twte) + F.embedding(torch.arange(L), twpe)[None])
          * tcot).sum().backward()
-    tt = timed(torch_embed, args.reps)
+    tt = median_time(torch_embed, args.reps, warmup=2)
     rows["embedding grads (dense 50257x768)"] = (tj, tt)
 
     print(f"torch threads {torch.get_num_threads()}; batch {b} x {L}, "

@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from timing import median_time
+
 # HF-style config dicts: our registry parses them with the family's
 # config_from_hf, transformers with its own config class, so both sides
 # are built from the same numbers.
@@ -104,15 +106,6 @@ def parse_args():
                    help="matmul size for the peak; 0 = 8192 gpu, 2048 cpu "
                         "(512 for bf16 on cpu)")
     return p.parse_args()
-
-
-def median_time(fn, reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def matmul_peak(args, torch_dev):
