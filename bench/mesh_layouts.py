@@ -1,7 +1,7 @@
 """Train-step time and per-device memory of one GPT-2 per mesh layout.
 
 Runs on 8 virtual CPU devices (jax_num_cpu_devices, set before anything
-else touches jax), with the trainer's own pieces: train.build_classifier,
+else touches jax), with the trainer's own pieces: steps.build_classifier,
 init_params (params created in their logical-rule shardings),
 init_state, make_train_step(param_shardings=...), sharding.make_mesh.
 
@@ -33,7 +33,8 @@ import time  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from w2s_jax import losses, sharding, train  # noqa: E402
+from w2s_jax.core import sharding  # noqa: E402
+from w2s_jax.train import losses, steps  # noqa: E402
 from w2s_jax.models import registry  # noqa: E402
 
 LAYOUTS = (
@@ -53,25 +54,25 @@ def build(args):
         backbone_config=registry.FAMILIES["gpt2"].config_from_hf(hf),
         tokenizer=None, default_lr=1e-4, default_minibatch_size=None,
         checkpoint_dir=None, source={"kind": "random_init"})
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="normal", remat=args.remat)
     return model, module
 
 
 def run_layout(label, axes, n_devices, args, model, module, batch_np):
     mesh = sharding.make_mesh(axes, devices=jax.devices()[:n_devices])
-    params = train.init_params(module, model, head_init="normal", seed=0,
+    params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
-    settings = train.TrainSettings(
+    settings = steps.TrainSettings(
         lr=1e-4, head_lr=None, batch_size=args.batch,
         minibatch_size=args.batch, epochs=1, lr_schedule="constant",
         warmup_steps=0, weight_decay=0.0, eval_batch_size=args.batch,
         max_ctx=args.seq, log_every=1)
-    tx = train.make_optimizer(settings, 10 ** 6)
-    step = train.make_train_step(
-        train.module_forward(module), tx, losses.get_loss("xent"), {}, 10 ** 6,
+    tx = steps.make_optimizer(settings, 10 ** 6)
+    step = steps.make_train_step(
+        steps.module_forward(module), tx, losses.get_loss("xent"), {}, 10 ** 6,
         mesh, param_shardings=sharding.shardings_of(params))
-    state = train.init_state(tx, params, mesh)
+    state = steps.init_state(tx, params, mesh)
     batch = sharding.to_global(mesh, batch_np, 1)
 
     # Resident train state per device, before the step donates it.

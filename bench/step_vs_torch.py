@@ -6,8 +6,8 @@ batch of B x L tokens. Both sides are randomly initialised: FLOPs and
 memory traffic do not depend on the weights' values, and no pretrained
 weights can be downloaded here.
 
-  JAX:     w2s_jax.train.make_train_step (the trainer's own jitted step) on
-           the registry's backbone, optimizer from train.make_optimizer.
+  JAX:     w2s_jax.train.steps.make_train_step (the trainer's own jitted step) on
+           the registry's backbone, optimizer from steps.make_optimizer.
   PyTorch: transformers' GPT2ForSequenceClassification (or
            Qwen2ForSequenceClassification), torch.optim.Adam, F.cross_entropy.
 
@@ -156,7 +156,8 @@ def jax_variants(name, hf, args, ids, labels, breakdown):
     import jax
     import jax.numpy as jnp
     import optax
-    from w2s_jax import losses, sharding, train
+    from w2s_jax.core import sharding
+    from w2s_jax.train import losses, steps
     from w2s_jax.models import registry
 
     family = registry.MODEL_TYPES[hf["model_type"]]
@@ -165,28 +166,28 @@ def jax_variants(name, hf, args, ids, labels, breakdown):
         name=name, family=family, backbone_config=cfg, tokenizer=None,
         default_lr=1e-5, default_minibatch_size=None, checkpoint_dir=None,
         source={"kind": "random_init"})
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="normal",
                                     compute_dtype=args.dtype)
     # One device: the comparison is per device; the mesh benchmark is
     # bench/mesh_layouts.py.
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    params = train.init_params(module, model, head_init="normal", seed=0,
+    params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
     n_nonembed = sum(
         x.size for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
         if not any(getattr(k, "key", None) in EMBEDDING_NAMES for k in path))
 
-    settings = train.TrainSettings(
+    settings = steps.TrainSettings(
         lr=1e-5, head_lr=None, batch_size=args.batch,
         minibatch_size=args.batch, epochs=1, lr_schedule="constant",
         warmup_steps=0, weight_decay=0.0, eval_batch_size=args.batch,
         max_ctx=args.seq, log_every=1)
     total_steps = 10 ** 6
-    tx = train.make_optimizer(settings, total_steps)
-    forward = train.module_forward(module)
+    tx = steps.make_optimizer(settings, total_steps)
+    forward = steps.module_forward(module)
     loss = losses.get_loss("xent")
-    step_fn = train.make_train_step(
+    step_fn = steps.make_train_step(
         forward, tx, loss, {}, total_steps, mesh,
         param_shardings=sharding.shardings_of(params))
     targets = np.eye(2, dtype=np.float32)[labels]
@@ -194,7 +195,7 @@ def jax_variants(name, hf, args, ids, labels, breakdown):
     # The trainer's layout: [n_micro, minibatch, ...], here one micro-batch.
     batch = sharding.to_global(
         mesh, {"inputs": (ids[None], mask[None]), "targets": targets[None]}, 1)
-    holder = {"w2s": train.init_state(tx, params, mesh)}
+    holder = {"w2s": steps.init_state(tx, params, mesh)}
 
     def w2s_step():
         holder["w2s"], metrics = step_fn(holder["w2s"], batch)

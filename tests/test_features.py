@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from w2s_jax import features, sharding
+from w2s_jax.core import sharding
+from w2s_jax.train import features
 from w2s_jax.models import bow, registry
 
 
@@ -43,12 +44,12 @@ def test_layer_features_match_hf_hidden_states(tmp_path):
         tokenizer=_Pad0(), default_lr=1e-3, default_minibatch_size=None,
         checkpoint_dir=str(tmp_path), source={})
     import jax
-    from w2s_jax import train
+    from w2s_jax.train import steps
 
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    module = train.build_classifier(model, num_classes=2, linear_probe=True,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=True,
                                     head_init="zeros", pooling="mean")
-    params = train.init_params(module, model, head_init="zeros", seed=0,
+    params = steps.init_params(module, model, head_init="zeros", seed=0,
                                mesh=mesh)["backbone"]
     ids = [np.array([5, 0, 7, 9], np.int32), np.array([3, 4], np.int32)]
     with torch.no_grad():

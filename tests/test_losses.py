@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from w2s_jax import losses
+from w2s_jax.train import losses
 
 LN3 = math.log(3.0)
 LN2 = math.log(2.0)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from w2s_jax import metrics
+from w2s_jax.report import metrics
 
 
 def _brute_force_auroc(scores, labels):

@@ -25,12 +25,13 @@ def _need(hub_id):
 def _flax_hidden(model, texts):
     import jax
 
-    from w2s_jax import sharding, train
+    from w2s_jax.core import sharding
+    from w2s_jax.train import steps
 
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    module = train.build_classifier(model, num_classes=2, linear_probe=True,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=True,
                                     head_init="zeros")
-    params = train.init_params(module, model, head_init="zeros", seed=0,
+    params = steps.init_params(module, model, head_init="zeros", seed=0,
                                mesh=mesh)["backbone"]
     ids = model.tokenizer.encode(texts)
     length = max(map(len, ids))

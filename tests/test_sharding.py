@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from w2s_jax import losses, sharding, train
+from w2s_jax.core import sharding
+from w2s_jax.train import losses, steps
 from w2s_jax.models import bert, gpt2, llama, mpnet, registry, tokenizers
 
 MESHES = {"data8": {"data": 8}, "data2-fsdp4": {"data": 2, "fsdp": 4},
@@ -18,7 +19,7 @@ def _settings():
     # A constant small lr: Adam turns 1e-9 gradient noise on near-zero
     # parameters into 1e-5 parameter differences; this keeps the comparison
     # about the sharded computation, not the optimizer.
-    return train.TrainSettings(
+    return steps.TrainSettings(
         lr=1e-4, head_lr=None, batch_size=16, minibatch_size=8, epochs=1,
         lr_schedule="constant", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=16, max_ctx=32, log_every=100)
@@ -57,19 +58,19 @@ def _batches(n_micro=2, micro=8, length=16):
 
 def _train(model, mesh, **build):
     """Losses and the final state after N_STEPS sharded steps."""
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="normal", **build)
-    params = train.init_params(module, model, head_init="normal", seed=0,
+    params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
-    tx = train.make_optimizer(_settings(), N_STEPS)
-    state = train.init_state(tx, params, mesh)
+    tx = steps.make_optimizer(_settings(), N_STEPS)
+    state = steps.init_state(tx, params, mesh)
     traces = []
 
     def forward(p, inputs):
         traces.append(1)
-        return train.module_forward(module)(p, inputs)
+        return steps.module_forward(module)(p, inputs)
 
-    step = train.make_train_step(
+    step = steps.make_train_step(
         forward, tx, losses.get_loss("xent"), {}, N_STEPS, mesh,
         param_shardings=sharding.shardings_of(params))
     values, traced = [], []
@@ -168,7 +169,7 @@ def test_every_family_tags_its_parameters_and_activations(family):
         name=family, family=registry.MODEL_TYPES[family], backbone_config=config,
         tokenizer=tokenizers.ByteTokenizer(), default_lr=1e-3,
         default_minibatch_size=None, checkpoint_dir=None, source={})
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="normal", pooling="mean")
     mesh = sharding.make_mesh(MESHES["data2-fsdp2-tensor2"])
     ids = jnp.zeros((8, 16), jnp.int32)
@@ -184,18 +185,18 @@ def test_every_family_tags_its_parameters_and_activations(family):
         kernel, bias = (block["intermediate"][k] for k in ("kernel", "bias"))
     assert kernel.spec == P("fsdp", "tensor") and bias.spec == P("tensor")
 
-    forward = train.module_forward(module)
-    predict = train.make_predict_step(forward, mesh, shardings)
+    forward = steps.module_forward(module)
+    predict = steps.make_predict_step(forward, mesh, shardings)
     assert jax.eval_shape(predict, abstract, (ids, ids)).shape == (8, 2)
     no_heads = tuple(rule for rule in sharding.RULES if rule[0] != "act_heads")
-    predict = train.make_predict_step(forward, mesh, shardings, rules=no_heads)
+    predict = steps.make_predict_step(forward, mesh, shardings, rules=no_heads)
     with pytest.raises(ValueError, match=r"\['act_heads'\] .* no rule"):
         jax.eval_shape(predict, abstract, (ids, ids))
 
 
 def _gpt2_shardings(rules):
     model = registry.resolve("tiny-gpt2-random")
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="zeros")
     ids = jnp.zeros((1, 4), jnp.int32)
     return sharding.param_shardings(
@@ -239,18 +240,18 @@ def test_mesh_from_config_axes():
 def test_bfloat16_compute_keeps_float32_state_and_logits():
     model = registry.resolve("tiny-gpt2-random")
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    modules = {dtype: train.build_classifier(
+    modules = {dtype: steps.build_classifier(
         model, num_classes=2, linear_probe=False, head_init="normal",
         compute_dtype=dtype) for dtype in ("float32", "bfloat16")}
-    params = train.init_params(modules["bfloat16"], model, head_init="normal",
+    params = steps.init_params(modules["bfloat16"], model, head_init="normal",
                                seed=0, mesh=mesh)
-    tx = train.make_optimizer(_settings(), N_STEPS)
-    forward = train.module_forward(modules["bfloat16"])
-    step = train.make_train_step(forward, tx, losses.get_loss("xent"), {},
+    tx = steps.make_optimizer(_settings(), N_STEPS)
+    forward = steps.module_forward(modules["bfloat16"])
+    step = steps.make_train_step(forward, tx, losses.get_loss("xent"), {},
                                  N_STEPS, mesh)
     batch = _batches()[0]
     # Shapes and dtypes of a whole step, traced but not compiled.
-    state, metrics = jax.eval_shape(step, train.init_state(tx, params, mesh),
+    state, metrics = jax.eval_shape(step, steps.init_state(tx, params, mesh),
                                     sharding.to_global(mesh, batch, 1))
     dtypes = {x.dtype for x in jax.tree.leaves((state, metrics))
               if jnp.issubdtype(x.dtype, jnp.floating)}
@@ -260,7 +261,7 @@ def test_bfloat16_compute_keeps_float32_state_and_logits():
     hidden = jax.eval_shape(modules["bfloat16"].backbone.apply,
                             {"params": params["backbone"]}, *inputs)
     assert hidden.dtype == jnp.bfloat16
-    logits = {dtype: jax.jit(train.module_forward(module))(params, inputs)
+    logits = {dtype: jax.jit(steps.module_forward(module))(params, inputs)
               for dtype, module in modules.items()}
     assert logits["bfloat16"].dtype == jnp.float32
     assert not np.array_equal(logits["bfloat16"], logits["float32"]), "bf16 unused"
@@ -273,15 +274,15 @@ def test_remat_gives_the_same_loss_and_gradients():
     batch = _batches()[0]
     inputs, targets = tuple(x[0] for x in batch["inputs"]), batch["targets"][0]
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    modules = {policy: train.build_classifier(
+    modules = {policy: steps.build_classifier(
         model, num_classes=2, linear_probe=False, head_init="normal",
         remat=policy) for policy in sharding.REMAT_POLICIES}
     # Remat changes no parameter: one init serves every policy.
-    params = train.init_params(modules["none"], model, head_init="normal",
+    params = steps.init_params(modules["none"], model, head_init="normal",
                                seed=0, mesh=mesh)
     results = {}
     for policy, module in modules.items():
-        forward = train.module_forward(module)
+        forward = steps.module_forward(module)
         grad_fn = jax.value_and_grad(lambda p: _xent(forward(p, inputs), targets))
         jaxpr = str(jax.make_jaxpr(grad_fn)(params))
         assert ("remat" in jaxpr) == (policy != "none"), policy

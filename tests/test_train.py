@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax import loop, losses, sharding, train
+from w2s_jax.core import sharding
+from w2s_jax.train import loop, losses, steps
 from w2s_jax.models import registry
 
 LOSS_PARAMS = {"alpha_max": 0.5, "warmup_frac": 0.2, "schedule": "linear"}
@@ -15,7 +16,7 @@ def _settings(**overrides):
                   weight_decay=0.0, eval_batch_size=16, max_ctx=64,
                   log_every=100)
     values.update(overrides)
-    return train.TrainSettings(**values)
+    return steps.TrainSettings(**values)
 
 
 def _batches(n_steps, n_micro, micro, length=24, seed=0):
@@ -34,14 +35,14 @@ def _batches(n_steps, n_micro, micro, length=24, seed=0):
 def _run_steps(devices, batches, settings, loss_name="logconf", head_init="normal"):
     mesh = sharding.make_mesh({"data": -1}, devices=devices)
     model = registry.resolve("tiny-gpt2-random")
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init=head_init)
-    params = train.init_params(module, model, head_init=head_init, seed=0,
+    params = steps.init_params(module, model, head_init=head_init, seed=0,
                                mesh=mesh)
-    tx = train.make_optimizer(settings, total_steps=len(batches))
+    tx = steps.make_optimizer(settings, total_steps=len(batches))
     state = {"params": params, "opt_state": tx.init(params),
              "step": jax.numpy.zeros((), jax.numpy.int32)}
-    step = train.make_train_step(train.module_forward(module), tx,
+    step = steps.make_train_step(steps.module_forward(module), tx,
                                  losses.get_loss(loss_name), LOSS_PARAMS,
                                  len(batches), mesh)
     values = []
@@ -111,19 +112,19 @@ def test_tiny_model_learns_a_separable_task():
     ids = [np.asarray(x, np.int32) for x in model.tokenizer.encode(texts)]
     targets = np.eye(2, dtype=np.float32)[labels]
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    module = train.build_classifier(model, num_classes=2, linear_probe=False,
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="zeros")
-    params = train.init_params(module, model, head_init="zeros", seed=0,
+    params = steps.init_params(module, model, head_init="zeros", seed=0,
                                mesh=mesh)
     settings = _settings(epochs=4, batch_size=16, minibatch_size=16)
-    forward = train.module_forward(module)
+    forward = steps.module_forward(module)
     make_inputs = loop.token_inputs(ids, pad_id=0, max_ctx=64)
     lengths = np.array([len(x) for x in ids])
     params, record = loop.finetune(
         name="learn", forward=forward, params=params, make_inputs=make_inputs,
         lengths=lengths, train_targets=targets, settings=settings,
         loss=losses.get_loss("xent"), loss_params={}, mesh=mesh, seed=0)
-    probs = loop.predict(train.make_predict_step(forward, mesh), params,
+    probs = loop.predict(steps.make_predict_step(forward, mesh), params,
                           make_inputs=make_inputs, lengths=lengths,
                           batch_size=16, mesh=mesh, num_classes=2)
     assert np.mean(probs.argmax(-1) == np.array(labels)) > 0.95

@@ -26,7 +26,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     # run, so that nothing learns; a larger head lr avoids that.
     cfg.head_lr = ml_collections.FieldReference(None, field_type=float)
     cfg.minibatch_size = ml_collections.FieldReference(None, field_type=int)
-    cfg.epochs = ml_collections.FieldReference(None, field_type=int)  # None = train.epochs
+    cfg.epochs = ml_collections.FieldReference(None, field_type=int)  # None = steps.epochs
     cfg.linear_probe = False
     cfg.head_init = "zeros"
     # "finetune" trains the model; "features" trains a linear head on frozen
@@ -107,7 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the bad value and the valid choices."""
     # Local imports: the registries pull in heavy modules (datasets,
     # transformers) that a bare config file should not need.
-    from w2s_jax import losses, sharding, train
+    from w2s_jax.core import sharding
+    from w2s_jax.train import losses, steps
     from w2s_jax.data import tasks
     from w2s_jax.models import registry
 
@@ -124,7 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice("config.loss_params.schedule", config.loss_params.schedule,
                   losses.ALPHA_SCHEDULES)
     _check_choice("config.compute_dtype", config.compute_dtype,
-                  list(train.COMPUTE_DTYPES))
+                  list(steps.COMPUTE_DTYPES))
     _check_choice("config.remat", config.remat, list(sharding.REMAT_POLICIES))
     for role in ("weak", "strong"):
         model = config[role]

@@ -22,10 +22,12 @@ import ml_collections
 import numpy as np
 
 from w2s_jax import config as config_lib
-from w2s_jax import features, learners, loop, losses, report, sharding, stages, train
+from w2s_jax.core import sharding, stages
+from w2s_jax.report import results as results_lib
+from w2s_jax.train import features, learners, loop, losses, steps
 from w2s_jax.data import batching, sources, splits
 from w2s_jax.models import registry
-from w2s_jax.progress import log
+from w2s_jax.core.progress import log
 
 # Adam's learning rate for a linear head on standardised frozen features
 # (the release's vision probes used 1e-3).
@@ -74,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "w2s", strong, train_idx=half_b, targets=weak_stage.arrays["B_probs"],
         loss_name=config.loss, **common)
 
-    results = report.build_results(
+    results = results_lib.build_results(
         config=config, data=data, counts=counts, halves=(half_a, half_b),
         test_labels=test_labels,
         stages={"weak": weak_stage, "ceiling": ceiling_stage,
@@ -82,8 +84,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         models={role: m.source for role, m in models.items()},
         learners={"weak": weak.spec, "strong": strong.spec},
         workdir=workdir)
-    path = report.write_results(results, workdir)
-    log(report.summary_table(results))
+    path = results_lib.write_results(results, workdir)
+    log(results_lib.summary_table(results))
     log(f"[results] {path}")
     return results
 
@@ -127,7 +129,7 @@ def finetune_stage(name: str, learner, *, workdir: str,
             loss_params=loss_params, mesh=mesh, seed=config.seed,
             checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
             checkpoint_every=config.checkpoint_every_steps)
-        predict_step = train.make_predict_step(
+        predict_step = steps.make_predict_step(
             forward, mesh, param_shardings=sharding.shardings_of(params))
         arrays = {}
         for set_name, (side, idx, gold) in predict_sets.items():
@@ -139,7 +141,7 @@ def finetune_stage(name: str, learner, *, workdir: str,
             arrays[f"{set_name}_probs"] = probs
             arrays[f"{set_name}_hard"] = probs.argmax(-1).astype(np.int32)
             arrays[f"{set_name}_correct"] = arrays[f"{set_name}_hard"] == gold
-        record["test_metrics"] = report.metrics_on(arrays["test_probs"],
+        record["test_metrics"] = results_lib.metrics_on(arrays["test_probs"],
                                                    test_labels)
         log(f"[{name}] gold test accuracy "
             f"{record['test_metrics']['accuracy']:.4f}")
@@ -170,9 +172,9 @@ def _learner(role, model, ids, texts, config, workdir, mesh):
             featurizer = registry.bow_featurizer(model).fit(texts["train"])
             return {}, {side: featurizer.transform(texts[side])
                         for side in ("train", "test")}
-        module = train.build_classifier(model, num_classes=2, linear_probe=True,
+        module = steps.build_classifier(model, num_classes=2, linear_probe=True,
                                         head_init="zeros", pooling=pooling)
-        params = train.init_params(module, model, head_init="zeros",
+        params = steps.init_params(module, model, head_init="zeros",
                                    seed=config.seed, mesh=mesh)["backbone"]
         return {}, {side: features.extract(
             model, params, ids[side], pooling=pooling,
@@ -192,7 +194,7 @@ def _learner(role, model, ids, texts, config, workdir, mesh):
                                    {"train": train_feats, "test": test_feats})
 
 
-def _settings(role, model, config, mode) -> train.TrainSettings:
+def _settings(role, model, config, mode) -> steps.TrainSettings:
     model_cfg, train_cfg = config[role], config.train
     if mode == "features":
         # A linear head on fixed features: the whole batch fits in memory.
@@ -207,7 +209,7 @@ def _settings(role, model, config, mode) -> train.TrainSettings:
         raise ValueError(f"config.train.batch_size ({train_cfg.batch_size}) "
                          f"must be a multiple of the {role} model's "
                          f"minibatch size ({minibatch})")
-    return train.TrainSettings(
+    return steps.TrainSettings(
         lr=model_cfg.lr or default_lr, head_lr=model_cfg.head_lr,
         batch_size=train_cfg.batch_size, minibatch_size=minibatch,
         epochs=model_cfg.epochs or train_cfg.epochs,

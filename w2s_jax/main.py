@@ -18,7 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2s_jax import checkpoint, distributed, sweep
+from w2s_jax import sweep
+from w2s_jax.core import checkpoint, distributed
 from w2s_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(

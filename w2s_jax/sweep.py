@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from w2s_jax import config as config_lib
-from w2s_jax import experiment, metrics, report
-from w2s_jax.progress import log
+from w2s_jax import experiment
+from w2s_jax.report import metrics, results as results_lib
+from w2s_jax.core.progress import log
 
 
 def run(config, workdir: str) -> dict:
@@ -26,7 +27,7 @@ def run(config, workdir: str) -> dict:
     summary = summarize(runs)
     name = (f"sweep_{config.task}_{config.weak.name}-to-{config.strong.name}_"
             f"seeds{'-'.join(map(str, seeds))}")
-    path = report.write_named(workdir, name, summary, summary_table(summary))
+    path = results_lib.write_named(workdir, name, summary, summary_table(summary))
     log(summary_table(summary))
     log(f"[results] {path}")
     return summary
@@ -53,7 +54,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         first = results[0]
         out.update(task=first["task"], models=first["models"],
                    seeds=[r["seed"] for r in results])
-        entry = {"runs": [report.run_name(r) for r in results]}
+        entry = {"runs": [results_lib.run_name(r) for r in results]}
         for key in ("accuracy", "auroc"):
             means = {stage: float(np.mean([r["gold_test"][stage][key]
                                            for r in results]))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import sharding
+from w2s_jax.core import sharding
 
 HEAD_INITS = {
     "zeros": nn.initializers.zeros,

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from w2s_jax import sharding
+from w2s_jax.core import sharding
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 

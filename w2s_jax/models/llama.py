@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import sharding
+from w2s_jax.core import sharding
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 # HF's ACT2FN names for SiLU; the gated MLP is only defined for it here.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import sharding
+from w2s_jax.core import sharding
 from w2s_jax.models.bert import (
     LAYER_MLP_MAP, BertLayer, check_encoder_fields, check_model_type, embed, key_mask,
     layer_norm, linear_rows, norm_rows,

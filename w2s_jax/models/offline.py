@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from w2s_jax.progress import format_duration, log
+from w2s_jax.core.progress import format_duration, log
 
 # Full digests of the shipped weights; a mismatch means a different upload.
 MINILM_L6_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

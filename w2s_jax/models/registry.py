@@ -18,7 +18,7 @@ import socket
 from typing import Any, Callable
 
 from w2s_jax.models import bert, bow, gpt2, llama, mpnet, offline, tokenizers, weights
-from w2s_jax.progress import log
+from w2s_jax.core.progress import log
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,10 +7,11 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from w2s_jax import checkpoint, distributed, losses, sharding
+from w2s_jax.core import checkpoint, distributed, sharding
+from w2s_jax.train import losses
 from w2s_jax.data import batching
-from w2s_jax.progress import Progress, log
-from w2s_jax.train import (TrainSettings, init_state, make_optimizer,
+from w2s_jax.core.progress import Progress, log
+from w2s_jax.train.steps import (TrainSettings, init_state, make_optimizer,
                            make_train_step)
 
 

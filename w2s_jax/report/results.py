@@ -18,7 +18,8 @@ import tempfile
 
 import numpy as np
 
-from w2s_jax import distributed, metrics
+from w2s_jax.core import distributed
+from w2s_jax.report import metrics
 
 
 # Config fields that say how a run executes, not what it computes: a resumed

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import loop, stages, train
-from w2s_jax.features import LinearHead
+from w2s_jax.core import stages
+from w2s_jax.train import loop, steps
+from w2s_jax.train.features import LinearHead
 
 
 @dataclasses.dataclass
@@ -24,7 +25,7 @@ class TokenLearner:
     model: Any  # registry.ResolvedModel
     model_config: Any
     pooling: str
-    settings: train.TrainSettings
+    settings: steps.TrainSettings
     ids: dict[str, list[np.ndarray]]  # side ("train" pool / "test") -> ids
     compute_dtype: str = "float32"  # config.compute_dtype
     remat: str = "none"  # config.remat
@@ -51,13 +52,13 @@ class TokenLearner:
 
     def init(self, num_classes: int, seed: int, mesh):
         cfg = self.model_config
-        module = train.build_classifier(
+        module = steps.build_classifier(
             self.model, num_classes=num_classes, linear_probe=cfg.linear_probe,
             head_init=cfg.head_init, pooling=self.pooling,
             compute_dtype=self.compute_dtype, remat=self.remat)
-        params = train.init_params(module, self.model, head_init=cfg.head_init,
+        params = steps.init_params(module, self.model, head_init=cfg.head_init,
                                    seed=seed, mesh=mesh)
-        return train.module_forward(module), params
+        return steps.module_forward(module), params
 
 
 @dataclasses.dataclass
@@ -65,7 +66,7 @@ class FeatureLearner:
     """Trains a linear head on precomputed (standardised) features."""
     role: str
     feature_spec: dict  # what produced the features (model, pooling, layer)
-    settings: train.TrainSettings
+    settings: steps.TrainSettings
     features: dict[str, np.ndarray]  # side -> [N, D]
 
     @property
@@ -90,7 +91,7 @@ class FeatureLearner:
     def init(self, num_classes: int, seed: int, mesh):
         head = LinearHead(num_classes)
         dim = next(iter(self.features.values())).shape[1]
-        params = train.init_sharded(
+        params = steps.init_sharded(
             lambda key: head.init(key, jnp.zeros((1, dim), jnp.float32))["params"],
             jax.random.key(seed), mesh)
         return (lambda p, x: head.apply({"params": p}, x)), params

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from w2s_jax import losses, sharding
+from w2s_jax.core import sharding
+from w2s_jax.train import losses
 from w2s_jax.models import classifier, registry, tokenizers
 
 # Backbone compute dtypes. Parameters, optimizer state, pooling, head,

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from w2s_jax import sharding
-from w2s_jax.progress import log
+from w2s_jax.core import sharding
+from w2s_jax.core.progress import log
 
 ENV_ENABLED = "W2S_DISTRIBUTED"
 ENV_COORDINATOR = "W2S_COORDINATOR"

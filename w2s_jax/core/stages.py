@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from w2s_jax import distributed
-from w2s_jax.progress import log
+from w2s_jax.core import distributed
+from w2s_jax.core.progress import log
 
 # Bump when the meaning of stored outputs changes, so old stages are not reused.
 FORMAT_VERSION = 1

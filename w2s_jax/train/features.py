@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2s_jax import sharding
+from w2s_jax.core import sharding
 from w2s_jax.data import batching
 from w2s_jax.models import classifier, registry
-from w2s_jax.progress import Progress
+from w2s_jax.core.progress import Progress
 
 
 class LinearHead(nn.Module):
