@@ -13,30 +13,16 @@ dimension and the main activations carry logical axis names, which
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from w2s_jax.core import sharding
+from w2s_jax.models.layers import ACTIVATIONS, check_model_type, dense, embed, key_mask, layer_norm
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
-
-# Hugging Face activation names -> functions. "gelu_new", "gelu_pytorch_tanh"
-# and "gelu_fast" are all the tanh approximation of GELU (GPT-2's own choice);
-# "gelu" is the exact erf form.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-}
-
-# GPT-2's initialiser; only used when a model is built from scratch (tests),
-# since real runs load pretrained weights over it.
-_INIT = nn.initializers.normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +46,7 @@ class GPT2Config:
     @classmethod
     def from_hf(cls, hf_config: dict) -> "GPT2Config":
         """Builds the config from a Hugging Face `config.json` dict."""
-        model_type = hf_config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"Unsupported model_type {model_type!r}; supported: {list(SUPPORTED_MODEL_TYPES)}"
-            )
+        check_model_type(hf_config, SUPPORTED_MODEL_TYPES)
         n_embd = hf_config["n_embd"]
         # Variants this module does not implement would otherwise load without
         # complaint (same parameter shapes) and silently compute something else.
@@ -86,31 +68,6 @@ class GPT2Config:
         )
 
 
-def _dense(features: int, dtype: Any, name: str, axes: tuple[str, str]) -> nn.Dense:
-    """`axes`: logical names of the kernel's (input, output) dimensions."""
-    return nn.Dense(
-        features, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=sharding.logical_init(_INIT, axes),
-        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
-    )
-
-
-def _embed(num_embeddings: int, config: GPT2Config, dtype: Any, name: str,
-           rows: str) -> nn.Embed:
-    return nn.Embed(
-        num_embeddings, config.n_embd, dtype=dtype, param_dtype=jnp.float32,
-        embedding_init=sharding.logical_init(_INIT, (rows, "embed")), name=name,
-    )
-
-
-def _layer_norm(config: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32,
-        scale_init=sharding.logical_init(nn.initializers.ones_init(), ("norm",)),
-        bias_init=sharding.logical_init(nn.initializers.zeros_init(), ("norm",)), name=name,
-    )
-
-
 class GPT2Attention(nn.Module):
     config: GPT2Config
     dtype: Any = jnp.float32
@@ -122,7 +79,7 @@ class GPT2Attention(nn.Module):
         batch, length, _ = x.shape
         head_dim = cfg.n_embd // cfg.n_head
         # One fused projection, split as q|k|v along the features, like HF.
-        qkv = _dense(3 * cfg.n_embd, self.dtype, "c_attn", ("embed", "qkv"))(x)
+        qkv = dense(3 * cfg.n_embd, self.dtype, "c_attn", ("embed", "qkv"))(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         q, k, v = (t.reshape(batch, length, cfg.n_head, head_dim) for t in (q, k, v))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
@@ -133,7 +90,7 @@ class GPT2Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.n_embd)
         out = sharding.constrain(out, ("batch", "length", "act_heads"))
-        return _dense(cfg.n_embd, self.dtype, "c_proj", ("heads", "embed"))(out)
+        return dense(cfg.n_embd, self.dtype, "c_proj", ("heads", "embed"))(out)
 
 
 class GPT2MLP(nn.Module):
@@ -143,9 +100,9 @@ class GPT2MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        x = _dense(4 * cfg.n_embd, self.dtype, "c_fc", ("embed", "mlp"))(x)
+        x = dense(4 * cfg.n_embd, self.dtype, "c_fc", ("embed", "mlp"))(x)
         x = sharding.constrain(ACTIVATIONS[cfg.activation](x), ("batch", "length", "act_mlp"))
-        return _dense(cfg.n_embd, self.dtype, "c_proj", ("mlp", "embed"))(x)
+        return dense(cfg.n_embd, self.dtype, "c_proj", ("mlp", "embed"))(x)
 
 
 class GPT2Block(nn.Module):
@@ -158,10 +115,11 @@ class GPT2Block(nn.Module):
     def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
         cfg = self.config
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        eps = cfg.layer_norm_epsilon
         x = x + GPT2Attention(cfg, self.dtype, name="attn")(
-            _layer_norm(cfg, self.dtype, "ln_1")(x), allowed
+            layer_norm(eps, self.dtype, "ln_1")(x), allowed
         )
-        return x + GPT2MLP(cfg, self.dtype, name="mlp")(_layer_norm(cfg, self.dtype, "ln_2")(x))
+        return x + GPT2MLP(cfg, self.dtype, name="mlp")(layer_norm(eps, self.dtype, "ln_2")(x))
 
 
 class GPT2Backbone(nn.Module):
@@ -181,20 +139,19 @@ class GPT2Backbone(nn.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
-        x = _embed(cfg.vocab_size, cfg, self.dtype, "wte", "vocab")(input_ids)
-        x = x + _embed(cfg.n_positions, cfg, self.dtype, "wpe", "positions")(
+        x = embed(cfg.vocab_size, cfg.n_embd, self.dtype, "wte", ("vocab", "embed"))(input_ids)
+        x = x + embed(cfg.n_positions, cfg.n_embd, self.dtype, "wpe", ("positions", "embed"))(
             jnp.arange(length)[None, :]
         )
         # A query may attend to a key iff the key is not in its future and is
         # a real token. Padding queries still get a valid row; their outputs
         # are meaningless and must be ignored by the caller (pooling does).
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        key_is_real = attention_mask.astype(bool)[:, None, None, :]
-        allowed = causal[None, None] & key_is_real
+        allowed = causal[None, None] & key_mask(attention_mask)
         block = sharding.remat_block(GPT2Block, self.remat)
         for i in range(cfg.n_layer):
             x = block(cfg, self.dtype, name=f"h_{i}")(x, allowed)
-        return _layer_norm(cfg, self.dtype, "ln_f")(x)
+        return layer_norm(cfg.layer_norm_epsilon, self.dtype, "ln_f")(x)
 
 
 # Flax parameter path <- Hugging Face tensor name, `{i}` = layer index. HF's

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.core import sharding
+from w2s_jax.models.layers import check_model_type, dense, embed, key_mask
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 # HF's ACT2FN names for SiLU; the gated MLP is only defined for it here.
@@ -35,10 +36,6 @@ _ROPE_KEYS = {
 
 # Where head_from_unembedding finds the token embeddings in the params tree.
 embedding_path = ("embed_tokens", "embedding")
-
-# Only used when a model is built from scratch (tests); real runs load
-# pretrained weights over it.
-_INIT = nn.initializers.normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +82,8 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, hf_config: dict) -> "LlamaConfig":
         """Builds the config from a Hugging Face `config.json` dict."""
-        model_type = hf_config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"Unsupported model_type {model_type!r}; supported: {list(SUPPORTED_MODEL_TYPES)}"
-            )
+        check_model_type(hf_config, SUPPORTED_MODEL_TYPES)
+        model_type = hf_config["model_type"]
         _reject_unimplemented(hf_config)
         hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
         # Llama's attention_bias puts a bias on all four projections; Qwen2
@@ -206,17 +200,6 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
 
 
-def _dense(
-    features: int, use_bias: bool, dtype: Any, name: str, axes: tuple[str, str]
-) -> nn.Dense:
-    """`axes`: logical names of the kernel's (input, output) dimensions."""
-    return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=sharding.logical_init(_INIT, axes),
-        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
-    )
-
-
 def _rms_norm(config: LlamaConfig, dtype: Any, name: str) -> nn.RMSNorm:
     # Flax computes the mean square in float32 even for bf16 inputs, as HF does.
     return nn.RMSNorm(
@@ -237,9 +220,10 @@ class LlamaAttention(nn.Module):
         cfg = self.config
         batch, length, _ = x.shape
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q = _dense(heads * head_dim, cfg.qkv_bias, self.dtype, "q_proj", ("embed", "heads"))(x)
-        k = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "k_proj", ("embed", "kv"))(x)
-        v = _dense(kv_heads * head_dim, cfg.qkv_bias, self.dtype, "v_proj", ("embed", "kv"))(x)
+        bias = cfg.qkv_bias
+        q = dense(heads * head_dim, self.dtype, "q_proj", ("embed", "heads"), use_bias=bias)(x)
+        k = dense(kv_heads * head_dim, self.dtype, "k_proj", ("embed", "kv"), use_bias=bias)(x)
+        v = dense(kv_heads * head_dim, self.dtype, "v_proj", ("embed", "kv"), use_bias=bias)(x)
         q = _apply_rope(q.reshape(batch, length, heads, head_dim), cos, sin)
         k = _apply_rope(k.reshape(batch, length, kv_heads, head_dim), cos, sin)
         v = v.reshape(batch, length, kv_heads, head_dim)
@@ -255,7 +239,8 @@ class LlamaAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, length, heads * head_dim)
         out = sharding.constrain(out, ("batch", "length", "act_heads"))
-        return _dense(cfg.hidden_size, cfg.o_bias, self.dtype, "o_proj", ("heads", "embed"))(out)
+        return dense(cfg.hidden_size, self.dtype, "o_proj", ("heads", "embed"),
+                     use_bias=cfg.o_bias)(out)
 
 
 class LlamaMLP(nn.Module):
@@ -267,10 +252,12 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        gate = _dense(cfg.intermediate_size, False, self.dtype, "gate_proj", ("embed", "mlp"))(x)
-        up = _dense(cfg.intermediate_size, False, self.dtype, "up_proj", ("embed", "mlp"))(x)
+        width = cfg.intermediate_size
+        gate = dense(width, self.dtype, "gate_proj", ("embed", "mlp"), use_bias=False)(x)
+        up = dense(width, self.dtype, "up_proj", ("embed", "mlp"), use_bias=False)(x)
         hidden = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return _dense(cfg.hidden_size, False, self.dtype, "down_proj", ("mlp", "embed"))(hidden)
+        return dense(cfg.hidden_size, self.dtype, "down_proj", ("mlp", "embed"),
+                     use_bias=False)(hidden)
 
 
 class LlamaBlock(nn.Module):
@@ -309,10 +296,8 @@ class LlamaBackbone(nn.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
-        x = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-            embedding_init=sharding.logical_init(_INIT, ("vocab", "embed")), name="embed_tokens",
-        )(input_ids)
+        x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "embed_tokens",
+                  ("vocab", "embed"))(input_ids)
         # Angles in float32 whatever the compute dtype (as HF does): bf16
         # positions would already be wrong past 256.
         angles = jnp.arange(length, dtype=jnp.float32)[:, None] * rope_inv_freq(cfg)[None, :]
@@ -321,7 +306,7 @@ class LlamaBackbone(nn.Module):
         # A query may attend to a key iff the key is not in its future and is
         # a real token; padding queries' outputs are garbage the pooling skips.
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        allowed = causal[None, None, None] & attention_mask.astype(bool)[:, None, None, None, :]
+        allowed = causal[None, None, None] & key_mask(attention_mask)[:, None]
         block = sharding.remat_block(LlamaBlock, self.remat)
         for i in range(cfg.num_hidden_layers):
             x = block(cfg, self.dtype, name=f"layers_{i}")(x, cos, sin, allowed)

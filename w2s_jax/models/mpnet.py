@@ -1,7 +1,7 @@
 """MPNet encoder in Flax linen, numerically matching Hugging Face `MPNetModel`.
 
 Covers sentence-transformers/all-mpnet-base-v2. Its layers are BERT's
-post-LayerNorm blocks (reused from `bert`); what differs is the input side:
+post-LayerNorm blocks (`layers.EncoderLayer`); what differs is the input side:
 no token-type embedding, position ids counted from the pad id, and a T5-style
 bucketed relative position bias, computed once and added to the attention
 scores of every layer.
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.core import sharding
-from w2s_jax.models.bert import (
-    LAYER_MLP_MAP, BertLayer, check_encoder_fields, check_model_type, embed, key_mask,
+from w2s_jax.models.layers import (
+    ENCODER_MLP_MAP, EncoderLayer, check_encoder_fields, check_model_type, embed, key_mask,
     layer_norm, linear_rows, norm_rows,
 )
 
@@ -133,7 +133,7 @@ class MPNetBackbone(nn.Module):
             jnp.asarray(relative_position_buckets(length)))
         bias = bias.transpose(2, 0, 1)[None]
         allowed = key_mask(attention_mask)
-        layer = sharding.remat_block(BertLayer, self.remat)
+        layer = sharding.remat_block(EncoderLayer, self.remat)
         for i in range(cfg.num_hidden_layers):
             x = layer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, bias)
         return x
@@ -150,7 +150,7 @@ HF_WEIGHT_MAP: tuple[tuple, ...] = (
     *linear_rows("layer_{i}/attention/value", "encoder.layer.{i}.attention.attn.v"),
     *linear_rows("layer_{i}/attention/out", "encoder.layer.{i}.attention.attn.o"),
     *norm_rows("layer_{i}/attention_norm", "encoder.layer.{i}.attention.LayerNorm"),
-    *LAYER_MLP_MAP,
+    *ENCODER_MLP_MAP,
 )
 
 # MPNetForMaskedLM / MPNetForSequenceClassification etc. nest the encoder

@@ -1,0 +1,160 @@
+"""Building blocks shared by the model families (gpt2, bert, mpnet, llama).
+
+Family modules import from here and never from each other. Parameters are
+always float32 (`dtype` is only the compute dtype) and every parameter
+dimension carries logical axis names, which `sharding.RULES` maps to the
+device mesh.
+
+Also holds `EncoderLayer`, the post-LayerNorm transformer layer that BERT
+and MPNet both use (MPNet adds a relative position bias to its scores).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from w2s_jax.core import sharding
+
+# Hugging Face activation names -> functions. "gelu_new", "gelu_pytorch_tanh"
+# and "gelu_fast" are all the tanh approximation of GELU (GPT-2's own choice);
+# "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+# The families' common initialiser; only used when a model is built from
+# scratch (tests), since real runs load pretrained weights over it.
+INIT = nn.initializers.normal(stddev=0.02)
+
+
+def check_model_type(hf_config: dict, supported: tuple[str, ...]) -> None:
+    model_type = hf_config.get("model_type")
+    if model_type not in supported:
+        raise ValueError(f"Unsupported model_type {model_type!r}; supported: {list(supported)}")
+
+
+def check_encoder_fields(hidden_act: str, hidden_size: int, num_attention_heads: int) -> None:
+    """Validation shared by the BERT and MPNet configs."""
+    if hidden_act not in ACTIVATIONS:
+        raise ValueError(
+            f"Unsupported hidden_act {hidden_act!r}; supported: {sorted(ACTIVATIONS)}"
+        )
+    if hidden_size % num_attention_heads:
+        raise ValueError(
+            f"hidden_size={hidden_size} is not divisible by "
+            f"num_attention_heads={num_attention_heads}"
+        )
+
+
+def dense(
+    features: int, dtype: Any, name: str, axes: tuple[str, str], *, use_bias: bool = True
+) -> nn.Dense:
+    """`axes`: logical names of the kernel's (input, output) dimensions."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=sharding.logical_init(INIT, axes),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
+    )
+
+
+def embed(
+    num_embeddings: int, features: int, dtype: Any, name: str, axes: tuple[str, str]
+) -> nn.Embed:
+    """`axes`: logical names of the table's (row, feature) dimensions."""
+    return nn.Embed(
+        num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=sharding.logical_init(INIT, axes), name=name,
+    )
+
+
+def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+        scale_init=sharding.logical_init(nn.initializers.ones_init(), ("norm",)),
+        bias_init=sharding.logical_init(nn.initializers.zeros_init(), ("norm",)), name=name,
+    )
+
+
+def key_mask(attention_mask: jax.Array) -> jax.Array:
+    """[B, L] 0/1 mask -> boolean [B, 1, 1, L]: every query sees the real keys."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+class EncoderAttention(nn.Module):
+    """Bidirectional multi-head attention with separate q/k/v/out projections.
+
+    `config` needs hidden_size and num_attention_heads (BertConfig or MPNetConfig).
+    """
+
+    config: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, allowed: jax.Array, bias: jax.Array | None) -> jax.Array:
+        """`allowed`: boolean [B, 1, 1, L] key mask; `bias`: float32 [1, H, L, L] or None."""
+        cfg = self.config
+        batch, length, _ = x.shape
+        heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // heads
+        q, k, v = (
+            dense(cfg.hidden_size, self.dtype, name, ("embed", "heads"))(x)
+            .reshape(batch, length, heads, head_dim)
+            for name in ("query", "key", "value")
+        )
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (head_dim**-0.5)
+        if bias is not None:
+            scores = scores + bias
+        # Softmax in float32; `where` (not an additive -inf) keeps an all-padding
+        # row finite. Padding queries get junk outputs that pooling ignores.
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
+        out = sharding.constrain(out, ("batch", "length", "act_heads"))
+        return dense(cfg.hidden_size, self.dtype, "out", ("heads", "embed"))(out)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm block: x = ln(x + attn(x)); x = ln(x + mlp(x)).
+
+    `config` also needs intermediate_size, hidden_act and layer_norm_eps.
+    """
+
+    config: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, allowed: jax.Array, bias: jax.Array | None) -> jax.Array:
+        cfg = self.config
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        attn = EncoderAttention(cfg, self.dtype, name="attention")(x, allowed, bias)
+        x = layer_norm(cfg.layer_norm_eps, self.dtype, "attention_norm")(x + attn)
+        h = dense(cfg.intermediate_size, self.dtype, "intermediate", ("embed", "mlp"))(x)
+        h = sharding.constrain(ACTIVATIONS[cfg.hidden_act](h), ("batch", "length", "act_mlp"))
+        h = dense(cfg.hidden_size, self.dtype, "output", ("mlp", "embed"))(h)
+        return layer_norm(cfg.layer_norm_eps, self.dtype, "output_norm")(x + h)
+
+
+def linear_rows(flax: str, hf: str) -> tuple[tuple, ...]:
+    """Table rows for one nn.Linear -> nn.Dense. PyTorch stores the weight
+    [out, in] and Dense the kernel [in, out], hence the transpose."""
+    return ((flax + "/kernel", hf + ".weight", "T"), (flax + "/bias", hf + ".bias"))
+
+
+def norm_rows(flax: str, hf: str) -> tuple[tuple, ...]:
+    return ((flax + "/scale", hf + ".weight"), (flax + "/bias", hf + ".bias"))
+
+
+# The feed-forward half of an EncoderLayer is named identically in BERT and
+# MPNet checkpoints.
+ENCODER_MLP_MAP: tuple[tuple, ...] = (
+    *linear_rows("layer_{i}/intermediate", "encoder.layer.{i}.intermediate.dense"),
+    *linear_rows("layer_{i}/output", "encoder.layer.{i}.output.dense"),
+    *norm_rows("layer_{i}/output_norm", "encoder.layer.{i}.output.LayerNorm"),
+)
