@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from w2s_jax.data import sources, splits
+from w2s_jax.data import sources, splits, tasks
 
 
 def write_jsonl(path, rows):
@@ -193,3 +193,172 @@ def test_real_data(name):
     for side in ("train", "test"):
         before = prov[side]["class_counts_balanced"]
         assert before["0"] == before["1"] > 0
+
+
+# ---- groups: related rows never straddle a split ----
+
+def _halves_before_groups(n, seed):
+    """split_halves as it was before groups existed (the quickstart's
+    published halves depend on it), copied verbatim as the reference."""
+    order = np.random.default_rng([seed, splits.stable_hash("halves")]).permutation(n)
+    half = n // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def _carve_before_groups(rows, task_name,
+                         test_fraction=splits.CARVE_TEST_FRACTION):
+    """carve's row split as it was before groups existed."""
+    seed = splits.stable_hash(f"carve/{task_name}")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_test = int(round(len(rows) * test_fraction))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 10, 101, 4000])
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_split_halves_singleton_groups_reproduce_the_old_halves(n, seed):
+    old_a, old_b = _halves_before_groups(n, seed)
+    rng = np.random.default_rng(7)
+    for groups in (None, np.arange(n), rng.permutation(n) * 3 + 5,
+                   [f"g{i}" for i in rng.permutation(n)]):
+        a, b = splits.split_halves(n, seed, groups=groups)
+        for new, old in ((a, old_a), (b, old_b)):
+            np.testing.assert_array_equal(new, old)
+            assert new.dtype == old.dtype
+    a, b = splits.split_halves(n, seed)
+    np.testing.assert_array_equal(a, old_a)
+    np.testing.assert_array_equal(b, old_b)
+
+
+def test_split_halves_keeps_groups_whole():
+    # 300 examples in groups of 1 to 6, labels interleaved across the pool.
+    rng = np.random.default_rng(0)
+    groups = rng.permutation(np.repeat(np.arange(100), rng.integers(1, 7, 100)))
+    n = len(groups)
+    for seed in range(5):
+        a, b = splits.split_halves(n, seed, groups=groups)
+        assert not set(groups[a]) & set(groups[b])
+        assert sorted(np.concatenate([a, b]).tolist()) == list(range(n))
+        assert np.all(np.diff(a) > 0) and np.all(np.diff(b) > 0)
+        assert abs(len(a) - n // 2) <= 3  # within half the largest group
+    again = splits.split_halves(n, 0, groups=groups)
+    np.testing.assert_array_equal(again[0], splits.split_halves(n, 0, groups)[0])
+    with pytest.raises(ValueError, match="group labels"):
+        splits.split_halves(n + 1, 0, groups=groups)
+
+
+def test_grouping_joins_rows_sharing_any_key_transitively():
+    grouping = tasks.Grouping("a_or_b", lambda row: [k for k in (
+        row.get("a") and "a" + row["a"], row.get("b") and "b" + row["b"]) if k])
+    rows = [{"a": "x"}, {"a": "y"}, {"a": "x", "b": "1"}, {"b": "1"},
+            {}, {"a": "y", "b": "2"}, {}]
+    # Rows 0, 2, 3 share a or b; 1 and 5 share a; keyless rows stand alone.
+    assert grouping.assign(rows).tolist() == [0, 1, 0, 0, 2, 1, 3]
+    assert tasks.ROW.assign(rows).tolist() == list(range(7))
+
+
+def test_carve_with_one_row_per_group_is_the_old_row_split():
+    rows = [{"text": f"review {i}", "label": i % 2} for i in range(137)]
+    train, test, info = splits.carve(rows, "cr", grouping=tasks.ROW)
+    assert (train, test) == _carve_before_groups(rows, "cr")
+    assert info["grouping"] == "row" and info["groups"] == 137
+
+
+COSMOS_STORIES = 60
+
+
+@pytest.fixture
+def cosmos_mirror(tmp_path):
+    """cosmos_qa with only its validation split: 1 to 4 questions per story,
+    the rows of one story scattered through the file as in the real one."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for story in range(COSMOS_STORIES):
+        for q in range(int(rng.integers(1, 5))):
+            rows.append({"id": f"{story}-{q}", "context": f"Story {story}.",
+                         "question": f"Question {q} about {story}?",
+                         "answer0": f"a{story}-{q}", "answer1": "b",
+                         "answer2": "c", "answer3": "d", "label": 0})
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    write_jsonl(tmp_path / "cosmos_qa" / "validation.jsonl", rows)
+    return str(tmp_path), rows
+
+
+def _context(text):
+    return text.split("\nQuestion:")[0]
+
+
+def test_carve_keeps_groups_whole(cosmos_mirror):
+    _, rows = cosmos_mirror
+    grouping = tasks.get_task("cosmos_qa").grouping
+    train, test, info = splits.carve(rows, "cosmos_qa", grouping=grouping)
+    assert not {r["context"] for r in train} & {r["context"] for r in test}
+    assert sorted(map(str, train + test)) == sorted(map(str, rows))
+    assert abs(len(test) - round(0.2 * len(rows))) <= 2
+    assert info["grouping"] == "context"
+    assert info["groups"] == COSMOS_STORIES
+    assert info["groups_train"] + info["groups_test"] == COSMOS_STORIES
+    assert (info["rows_train"], info["rows_test"]) == (len(train), len(test))
+
+
+def test_load_task_carves_by_group_and_gives_train_groups(cosmos_mirror):
+    data_dir, rows = cosmos_mirror
+    data = load(data_dir, name="cosmos_qa", balance=False)
+    train_contexts = [_context(t) for t in data.train_texts]
+    assert not set(train_contexts) & {_context(t) for t in data.test_texts}
+    prov = data.provenance
+    assert prov["grouping"] == "context" == prov["carve_out"]["grouping"]
+    assert prov["train"]["grouping"] == "context"
+    # train_groups follow train_texts: one id per story.
+    assert data.train_groups.dtype == np.int64
+    assert len(data.train_groups) == len(data.train_texts)
+    by_id = {}
+    for group, context in zip(data.train_groups.tolist(), train_contexts):
+        assert by_id.setdefault(group, context) == context
+    assert len(by_id) == len(set(train_contexts)) == prov["train"]["groups_used"]
+    a, b = splits.split_halves(len(data.train_texts), 0, data.train_groups)
+    assert not {train_contexts[i] for i in a} & {train_contexts[i] for i in b}
+
+
+def test_train_groups_of_a_row_grouped_task_are_singletons(sst2_mirror):
+    data = load(sst2_mirror, n_train=30)
+    assert len(np.unique(data.train_groups)) == len(data.train_texts) == 30
+    a, b = splits.split_halves(30, 4, groups=data.train_groups)
+    old_a, old_b = _halves_before_groups(30, 4)
+    np.testing.assert_array_equal(a, old_a)
+    np.testing.assert_array_equal(b, old_b)
+
+
+# What each task shows of a group's shared text, read back from its examples.
+SHARED_TEXT = {
+    "cosmos_qa": _context,
+    "boolq": lambda text: text.split("\nQuestion:")[0],
+    "anthropic_hh": lambda text: text.split("\n\nAssistant:")[0].split(
+        "\n\nResponse A:")[0],
+}
+
+
+@pytest.mark.parametrize("name", ["cosmos_qa", "boolq", "anthropic_hh"])
+def test_real_carve_out_shares_no_group_between_train_and_test(name):
+    data_dir = os.environ.get(sources.DATA_DIR_ENV)
+    if not data_dir:
+        pytest.skip(f"{sources.DATA_DIR_ENV} is unset: no local mirror")
+    spec = tasks.get_task(name)
+    split = splits._plan(spec, data_dir)["carve_out"]["from_split"]
+    rows = sources.load_raw(spec, split, data_dir)
+    ids = spec.grouping.assign(rows)
+    group_of = {id(row): g for row, g in zip(rows, ids.tolist())}
+    train, test, info = splits.carve(rows, name, grouping=spec.grouping)
+    train_groups = {group_of[id(row)] for row in train}
+    assert not [row for row in test if group_of[id(row)] in train_groups]
+    assert info["groups"] < len(rows)  # the task's rows really do group
+    assert abs(info["rows_test"] - 0.2 * len(rows)) <= 5
+    # And in the examples: no identical text, no shared story / passage /
+    # opening prompt.
+    data = load(data_dir, name=name)
+    assert not set(data.train_texts) & set(data.test_texts)
+    shared = SHARED_TEXT[name]
+    train_shared = {shared(t) for t in data.train_texts}
+    assert not [t for t in data.test_texts if shared(t) in train_shared]
+    assert data.provenance["carve_out"]["grouping"] == spec.grouping.name

@@ -241,3 +241,81 @@ def test_load_raw_missing_split_lists_available(tmp_path):
     write_jsonl(tmp_path / "cr" / "all.jsonl", [{"text": "a", "label": 1}])
     with pytest.raises(FileNotFoundError, match=r"train\.jsonl.*: all"):
         sources.load_raw(tasks.TASKS["cr"], "train", str(tmp_path))
+
+
+# ---- groupings ----
+
+def groups(task, rows):
+    return tasks.TASKS[task].grouping.assign(rows).tolist()
+
+
+def test_every_task_names_its_grouping():
+    names = {name: spec.grouping.name for name, spec in tasks.TASKS.items()}
+    assert names == {
+        "amazon_polarity": "text", "anthropic_hh": "first_human_turn",
+        "boolq": "passage_overlap", "cosmos_qa": "context", "cr": "text",
+        "ethics_justice": "scenario", "ethics_utilitarianism": "either_scenario",
+        "sciq": "question", "sst2": "row"}
+    # sst2 keeps one row per group: its halves A/B must not move.
+    assert tasks.TASKS["sst2"].grouping is tasks.ROW
+    rows = [{"sentence": "same", "label": 1, "idx": i} for i in range(3)]
+    assert groups("sst2", rows) == [0, 1, 2]
+
+
+def test_cosmos_qa_groups_by_story_across_questions():
+    rows = [COSMOS_ROW, {**COSMOS_ROW, "question": "What happened next?"},
+            {**COSMOS_ROW, "context": "I caught the bus."},
+            {**COSMOS_ROW, "context": "i missed  the bus"}]
+    assert groups("cosmos_qa", rows) == [0, 0, 1, 0]
+
+
+BOOLQ_PASSAGE = ("The Originals, a one-hour American supernatural drama, was "
+                 "renewed for a fifth season by The CW on May 10, 2017. The "
+                 "season premiered on April 18, 2018 and ran for 13 episodes.")
+
+
+def test_boolq_groups_near_copies_of_a_passage():
+    rows = [{"passage": BOOLQ_PASSAGE, "question": "q1", "answer": True},
+            # one character changed near the end
+            {"passage": BOOLQ_PASSAGE.replace("13", "12"), "question": "q2",
+             "answer": False},
+            # a changed opening, but a long sentence in common
+            {"passage": "Series five. " + BOOLQ_PASSAGE.split(". ", 1)[1],
+             "question": "q3", "answer": True},
+            {"passage": "Water boils at 100 C at sea level, which is a fact "
+                        "taught in school.", "question": "q4", "answer": True}]
+    assert groups("boolq", rows) == [0, 0, 0, 1]
+
+
+def test_anthropic_hh_groups_rollouts_of_one_opening_prompt():
+    other = "\n\nHuman: Where is Paris?\n\nAssistant: France."
+    rows = [HH_ROW, {"chosen": HH_ROW["chosen"].replace("joke", "story"),
+                     "rejected": HH_ROW["rejected"]},
+            {"chosen": "\n\nHuman: hi there!\n\nAssistant: France.",
+             "rejected": ""},
+            {"chosen": other, "rejected": other + "!"}]
+    assert groups("anthropic_hh", rows) == [0, 0, 0, 1]
+
+
+def test_groupings_by_field():
+    assert groups("sciq", [SCIQ_ROW, {**SCIQ_ROW, "correct_answer": "x"},
+                           {**SCIQ_ROW, "question": "Other?"}]) == [0, 0, 1]
+    util = [{"baseline": "A.", "less_pleasant": "B."},
+            {"baseline": "C.", "less_pleasant": "D."},
+            {"baseline": "A.", "less_pleasant": "E."},
+            {"baseline": "F.", "less_pleasant": "D."},
+            {"baseline": "G.", "less_pleasant": "H."}]
+    assert groups("ethics_utilitarianism", util) == [0, 1, 0, 1, 2]
+    assert groups("cr", [{"text": "Great camera .", "label": 1},
+                         {"text": "great camera.", "label": 1},
+                         {"text": "", "label": 0}, {"text": "", "label": 1}]) == [
+        0, 0, 1, 2]
+
+
+def test_format_rows_indexed_points_at_each_examples_row():
+    same = {"chosen": HH_ROW["chosen"], "rejected": HH_ROW["chosen"]}
+    rows = [HH_ROW, same, HH_ROW, same, HH_ROW]
+    spec = tasks.TASKS["anthropic_hh"]
+    examples, source = spec.format_rows_indexed(rows, np.random.default_rng(1))
+    assert source.tolist() == [0, 2, 4]
+    assert examples == spec.format_rows(rows, np.random.default_rng(1))

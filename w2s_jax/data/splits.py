@@ -1,8 +1,9 @@
 """From raw rows to the train pool and gold test set of one experiment.
 
 `load_task` is the one entry point: pick the splits (carving train/test out
-of a mirror that lacks one), format, class-balance, shuffle and take the
-requested sizes, recording every step in a JSON-serialisable provenance.
+of a mirror that lacks one, by the task's groups of related rows), format,
+class-balance, shuffle and take the requested sizes, recording every step in
+a JSON-serialisable provenance.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2s_jax.data import sources
-from w2s_jax.data.tasks import get_task
+from w2s_jax.data.tasks import ROW, Grouping, get_task
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class TaskData:
     test_texts: list[str]
     test_labels: np.ndarray
     provenance: dict
+    # int64, aligned with train_texts: the group (task.grouping) of the raw
+    # row each train example came from; pass it to split_halves so that the
+    # halves A/B never share a group.
+    train_groups: np.ndarray
 
 
 def stable_hash(text: str) -> int:
@@ -37,20 +42,56 @@ def stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
+def _first_appearance_ids(groups) -> np.ndarray:
+    """Group labels renumbered 0, 1, ... in order of first appearance."""
+    groups = np.asarray(groups)
+    _, first, inverse = np.unique(groups, return_index=True,
+                                  return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def _take_groups(ids: np.ndarray, rng: np.random.Generator,
+                 target: int) -> np.ndarray:
+    """A mask of the rows in the first groups of a seeded order of the
+    groups, as many groups as bring the row count closest to `target`
+    (the fewer on a tie). `ids` must be first-appearance ids: when every
+    group is one row, the groups' order is `rng.permutation(len(ids))` and
+    the mask is exactly its first `target` rows."""
+    n_groups = int(ids.max()) + 1 if len(ids) else 0
+    group_order = rng.permutation(n_groups)
+    sizes = np.bincount(ids, minlength=n_groups)
+    reached = np.concatenate([[0], np.cumsum(sizes[group_order])])
+    n_taken = int(np.argmin(np.abs(reached - target)))
+    taken = np.zeros(n_groups, dtype=bool)
+    taken[group_order[:n_taken]] = True
+    return taken[ids]
+
+
 def carve(rows: list, task_name: str,
-          test_fraction: float = CARVE_TEST_FRACTION) -> tuple[list, list, dict]:
+          test_fraction: float = CARVE_TEST_FRACTION,
+          grouping: Grouping = ROW) -> tuple[list, list, dict]:
     """Split raw rows into (train, test) with a seed fixed by the task name.
 
+    Whole groups of `grouping` go to one side, so no test row shares a group
+    with a train row; the test side gets about `test_fraction` of the rows.
     It works on raw rows, before formatting, so the candidates of one
     multiple-choice item never land on both sides. Each side keeps the
-    file's row order.
+    file's row order. With one row per group this is a plain seeded split
+    of the rows.
     """
     seed = stable_hash(f"carve/{task_name}")
-    order = np.random.default_rng(seed).permutation(len(rows))
+    ids = grouping.assign(rows)
     n_test = int(round(len(rows) * test_fraction))
-    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    in_test = _take_groups(ids, np.random.default_rng(seed), n_test)
+    test_idx, train_idx = np.flatnonzero(in_test), np.flatnonzero(~in_test)
     info = {"test_fraction": test_fraction, "seed": seed,
-            "rows_train": len(train_idx), "rows_test": len(test_idx)}
+            "rows_train": len(train_idx), "rows_test": len(test_idx),
+            "grouping": grouping.name,
+            "groups": int(ids.max()) + 1 if len(ids) else 0,
+            "groups_train": len(np.unique(ids[train_idx])),
+            "groups_test": len(np.unique(ids[test_idx]))}
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx], info
 
 
@@ -80,12 +121,25 @@ def take_first(labels: np.ndarray, order: np.ndarray, n: int,
     return order[picked]
 
 
-def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint halves A (n//2 indices) and B (the rest) of a pool of n,
-    each sorted."""
-    order = np.random.default_rng([seed, stable_hash("halves")]).permutation(n)
+def split_halves(n: int, seed: int,
+                 groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint halves A and B (the rest) of a pool of n, each sorted.
+
+    Without `groups`, A is n//2 indices drawn at random. With `groups` (n
+    int or string labels, e.g. TaskData.train_groups[kept]), whole groups go
+    to one half and A gets as close to n//2 examples as whole groups allow;
+    when every group is one example the halves are exactly those without.
+    """
+    rng = np.random.default_rng([seed, stable_hash("halves")])
     half = n // 2
-    return np.sort(order[:half]), np.sort(order[half:])
+    if groups is None:
+        order = rng.permutation(n)
+        return np.sort(order[:half]), np.sort(order[half:])
+    if len(groups) != n:
+        raise ValueError(f"split_halves: {len(groups)} group labels for a "
+                         f"pool of {n}")
+    in_a = _take_groups(_first_appearance_ids(groups), rng, half)
+    return np.flatnonzero(in_a), np.flatnonzero(~in_a)
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -130,13 +184,14 @@ def _plan(spec, data_dir: str | None) -> dict:
 
 
 def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
-                  n: int | None, balance: bool) -> tuple[list[str], np.ndarray, dict]:
-    """Format, balance, shuffle and cut one side; returns texts, labels and
-    that side's provenance."""
+                  n: int | None, balance: bool
+                  ) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Format, balance, shuffle and cut one side; returns texts, labels, the
+    index in `rows` of each example's row, and that side's provenance."""
     # One generator per side: the train and the test side of a carve-out
     # read the same split but must not share coins.
     rng = np.random.default_rng([seed, stable_hash(f"{side}/{split}")])
-    examples = spec.format_rows(rows, rng)
+    examples, source_rows = spec.format_rows_indexed(rows, rng)
     texts = [text for text, _ in examples]
     labels = np.asarray([label for _, label in examples], dtype=np.int32)
     counts = _class_counts(labels)
@@ -160,7 +215,8 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
     info["n_requested"] = n
     info["n_used"] = len(chosen)
     info["class_counts"] = _class_counts(labels[chosen])
-    return [texts[i] for i in chosen], labels[chosen], info
+    return ([texts[i] for i in chosen], labels[chosen], source_rows[chosen],
+            info)
 
 
 def load_task(name: str, *, data_dir: str | None, seed: int,
@@ -183,13 +239,20 @@ def load_task(name: str, *, data_dir: str | None, seed: int,
         test_rows = sources.load_raw(spec, splits["test"], data_dir)
     else:
         all_rows = sources.load_raw(spec, splits["train"], data_dir)
-        train_rows, test_rows, carve_info = carve(all_rows, spec.name)
+        train_rows, test_rows, carve_info = carve(all_rows, spec.name,
+                                                  grouping=spec.grouping)
         plan["carve_out"].update(carve_info, rows_read=len(all_rows))
-    train_texts, train_labels, train_info = _prepare_side(
+    # Numbered over the train pool's rows alone: the ids serve the halves.
+    row_groups = spec.grouping.assign(train_rows)
+    train_texts, train_labels, train_rows_used, train_info = _prepare_side(
         spec, "train", splits["train"], train_rows, seed, n_train, balance)
-    test_texts, test_labels, test_info = _prepare_side(
+    test_texts, test_labels, _, test_info = _prepare_side(
         spec, "test", splits["test"], test_rows, seed, n_test, balance)
+    train_groups = row_groups[train_rows_used]
+    train_info["grouping"] = spec.grouping.name
+    train_info["groups_used"] = len(np.unique(train_groups))
     provenance = {"task": spec.name, **plan, "seed": seed, "balance": balance,
+                  "grouping": spec.grouping.name,
                   "train": train_info, "test": test_info}
     return TaskData(spec.name, train_texts, train_labels, test_texts,
-                    test_labels, provenance)
+                    test_labels, provenance, train_groups)

@@ -1,22 +1,69 @@
-"""The task registry: where each dataset lives and how its rows become
-binary examples.
+"""The task registry: where each dataset lives, how its rows become binary
+examples, and which rows belong together.
 
-Every formatter takes raw rows with the hub's field names (the local mirror
-keeps the same names) and returns `(text, label)` pairs with label in {0, 1}.
-Formatters that need a coin draw it from the `numpy.random.Generator` they
-are given, a fixed number of draws per row, so that one row's coins do not
-depend on which branch an earlier row took.
+Every formatter takes one raw row with the hub's field names (the local
+mirror keeps the same names) and returns a `(text, label)` pair with label
+in {0, 1}, or None for a row it cannot use. Formatters that need a coin draw
+it from the `numpy.random.Generator` they are given, a fixed number of draws
+per row, so that one row's coins do not depend on which branch an earlier
+row took. Each task's `Grouping` joins rows that share text (a story, a
+passage, a prompt), so that no split puts such rows on both sides.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Hashable, Iterable, Optional, Sequence
 
 import numpy as np
 
 Example = tuple[str, int]
 RowFormatter = Callable[[dict, np.random.Generator], Optional[Example]]
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Which raw rows belong together and must land on one side of a split.
+
+    `keys(row)` gives the row's keys; rows that share any key, directly or
+    through a chain of rows, form one group, so a grouping can join rows by
+    more than one field (or by overlapping text). A row with no keys, and
+    every row when `keys` is None, is a group of its own. `name` is what
+    provenance records.
+    """
+    name: str
+    keys: Optional[Callable[[dict], Iterable[Hashable]]] = None
+
+    def assign(self, rows: Sequence[dict]) -> np.ndarray:
+        """A group id per row (int64), numbered 0, 1, ... in the order of
+        each group's first row; with `keys` None that is simply 0..n-1."""
+        n = len(rows)
+        if self.keys is None:
+            return np.arange(n, dtype=np.int64)
+        parent = list(range(n))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        first_row: dict = {}
+        for i, row in enumerate(rows):
+            for key in self.keys(row):
+                j = first_row.setdefault(key, i)
+                if j != i:
+                    a, b = root(i), root(j)
+                    # The lower row becomes the root, so a group's root is
+                    # its first row.
+                    parent[max(a, b)] = min(a, b)
+        ids: dict[int, int] = {}
+        return np.asarray([ids.setdefault(root(i), len(ids)) for i in range(n)],
+                          dtype=np.int64)
+
+
+# Each row its own group.
+ROW = Grouping("row")
 
 
 @dataclass(frozen=True)
@@ -27,16 +74,29 @@ class TaskSpec:
     hub_data_dir: str | None
     train_split: str
     test_split: str
-    # (rows, rng) -> list of (text, label); rows it cannot use are skipped.
-    format_rows: Callable[[Iterable[dict], np.random.Generator], list[Example]]
+    # (row, rng) -> (text, label), or None for a row it cannot use.
+    format_row: RowFormatter
+    # Rows of one group never straddle a carved train/test split, nor the
+    # halves A/B of the train pool.
+    grouping: Grouping = ROW
 
+    def format_rows_indexed(self, rows: Iterable[dict], rng: np.random.Generator
+                            ) -> tuple[list[Example], np.ndarray]:
+        """The examples of `rows` and, aligned with them, the index of the
+        row each came from (rows it cannot use are skipped)."""
+        examples, sources = [], []
+        for i, row in enumerate(rows):
+            example = self.format_row(row, rng)
+            if example is not None:
+                examples.append(example)
+                sources.append(i)
+        return examples, np.asarray(sources, dtype=np.int64)
 
-def _rowwise(format_row: RowFormatter):
-    """Lift a one-row formatter (None = skip the row) to a list of rows."""
-    def format_rows(rows: Iterable[dict], rng: np.random.Generator) -> list[Example]:
-        examples = (format_row(row, rng) for row in rows)
-        return [example for example in examples if example is not None]
-    return format_rows
+    def format_rows(self, rows: Iterable[dict],
+                    rng: np.random.Generator) -> list[Example]:
+        """(rows, rng) -> list of (text, label); rows it cannot use are
+        skipped."""
+        return self.format_rows_indexed(rows, rng)[0]
 
 
 def _coin(rng: np.random.Generator) -> bool:
@@ -154,25 +214,88 @@ def _anthropic_hh(row: dict, rng: np.random.Generator) -> Example | None:
             f"Is Response A better than Response B?", int(chosen_first))
 
 
+# ---- groupings: which rows share text that a model could memorise ----
+
+def _normalise(text: str) -> str:
+    """Case, punctuation and spacing folded away, so that copies differing
+    only in those still share a key."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _field_keys(*fields: str) -> Callable[[dict], list[str]]:
+    """One key per named field, normalised; rows sharing any one of them
+    are joined. Empty values give no key."""
+    def keys(row: dict) -> list[str]:
+        values = (_normalise(str(row[field] or "")) for field in fields)
+        return [f"{field}:{value}" for field, value in zip(fields, values)
+                if value]
+    return keys
+
+
+# BoolQ's dev split holds versions of one Wikipedia paragraph that differ by
+# a character or by a dropped sentence, so equal passages are not enough: a
+# passage is keyed by its opening and by each of its longer sentences.
+_PASSAGE_OPENING = 100
+_PASSAGE_SENTENCE_MIN = 40
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _passage_keys(row: dict) -> list[str]:
+    text = _normalise(row["passage"])
+    keys = [f"opening:{text[:_PASSAGE_OPENING]}"] if text else []
+    for sentence in _SENTENCE_END.split(row["passage"]):
+        sentence = _normalise(sentence)
+        if len(sentence) >= _PASSAGE_SENTENCE_MIN:
+            keys.append(f"sentence:{sentence}")
+    return keys
+
+
+def _hh_first_turn_keys(row: dict) -> list[str]:
+    """The human's opening turn: rows sharing it are rollouts of one prompt."""
+    turns = _hh_turns(row["chosen"])
+    first = _normalise(turns[0]) if turns else ""
+    return [f"first_turn:{first}"] if first else []
+
+
+def _amazon_keys(row: dict) -> list[str]:
+    text = _normalise(f"{row['title']} {row['content']}")
+    return [f"text:{text}"] if text else []
+
+
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec("sciq", "allenai/sciq", None, None, "train", "test",
-             _rowwise(_sciq)),
+    # A question can recur in SciQ (70 repeats in train); the support text
+    # is not shown, so it does not join rows.
+    TaskSpec("sciq", "allenai/sciq", None, None, "train", "test", _sciq,
+             Grouping("question", _field_keys("question"))),
     TaskSpec("boolq", "google/boolq", None, None, "train", "validation",
-             _rowwise(_boolq)),
+             _boolq, Grouping("passage_overlap", _passage_keys)),
+    # Up to four questions share one story, and the story is most of the
+    # text: group by context, not by (context, question).
     TaskSpec("cosmos_qa", "allenai/cosmos_qa", None, None, "train",
-             "validation", _rowwise(_cosmos_qa)),
+             "validation", _cosmos_qa,
+             Grouping("context", _field_keys("context"))),
     TaskSpec("anthropic_hh", "Anthropic/hh-rlhf", None, "harmless-base",
-             "train", "test", _rowwise(_anthropic_hh)),
+             "train", "test", _anthropic_hh,
+             Grouping("first_human_turn", _hh_first_turn_keys)),
     TaskSpec("amazon_polarity", "fancyzhx/amazon_polarity", None, None,
-             "train", "test", _rowwise(_amazon_polarity)),
+             "train", "test", _amazon_polarity,
+             Grouping("text", _amazon_keys)),
     # GLUE hides its test labels, so the validation split is the test set.
+    # Row grouping on purpose: SST-2's train split repeats a few sentences,
+    # but its halves A/B must stay those of the published quickstart.
     TaskSpec("sst2", "nyu-mll/glue", "sst2", None, "train", "validation",
-             _rowwise(_sentence)),
+             _sentence, ROW),
     TaskSpec("ethics_justice", "hendrycks/ethics", "justice", None, "train",
-             "test", _rowwise(_ethics_justice)),
+             "test", _ethics_justice,
+             Grouping("scenario", _field_keys("scenario"))),
+    # One baseline scenario is paired with several others and vice versa:
+    # rows sharing either scenario are joined.
     TaskSpec("ethics_utilitarianism", "hendrycks/ethics", "utilitarianism",
-             None, "train", "test", _rowwise(_ethics_utilitarianism)),
-    TaskSpec("cr", "SetFit/CR", None, None, "train", "test", _rowwise(_text)),
+             None, "train", "test", _ethics_utilitarianism,
+             Grouping("either_scenario",
+                      _field_keys("baseline", "less_pleasant"))),
+    TaskSpec("cr", "SetFit/CR", None, None, "train", "test", _text,
+             Grouping("text", _field_keys("text"))),
 )}
 
 
