@@ -14,18 +14,30 @@ loss over the batch of 32, not per minibatch):
 The batch loss is the mean of ``per_example`` over the batch, so the mean of
 equal-sized minibatch means equals ``loss_value`` on the full batch.
 
-``params`` is a plain dict of hyper-parameters; missing keys take the
-defaults below. It is read in Python (the schedule name picks code), so it
-must be static under ``jax.jit`` (close over it), while ``progress`` may be
-traced. All arithmetic is float32 whatever the logits' dtype.
+``params`` is a plain dict of hyper-parameters. It is read in Python (the
+schedule name picks code), so it must be static under ``jax.jit`` (close over
+it), while ``progress`` may be traced. All arithmetic is float32 whatever the
+logits' dtype.
+
+Each loss declares its own hyper-parameters (``Loss.params``: name, type,
+default, valid values); nothing outside this module special-cases a loss by
+name. A run goes config -> ``user_params`` (the set values owned by the loss,
+validated) -> ``resolve_params`` (the complete dict the loss trains with:
+user values, then defaults, then defaults derived from other parameters or
+from the stage's training targets). The resolved dict is plain floats and
+strings, JSON-serialisable, and keys cached stages. ``per_example`` ignores
+keys it does not own and fills its missing ones the same way, except the
+data-derived ones (window's radius), which need ``resolve_params``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import xlogy
 
 ALPHA_SCHEDULES = ("linear", "release_jump")
@@ -41,11 +53,37 @@ DEFAULT_PRODUCT_B = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
+class Param:
+    """One hyper-parameter of a loss.
+
+    ``default`` is either a value or a function ``(resolved, train_targets)
+    -> value`` for a default that depends on parameters declared before it
+    (``resolved`` holds them) or on the stage's training targets [N, K]
+    (None when not available). Floats are checked against the inclusive
+    bounds ``low``/``high`` (None = unbounded), strings against ``choices``.
+    """
+    name: str
+    type: type  # float or str
+    default: Any
+    doc: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Loss:
     name: str
     per_example: Callable[..., jax.Array]
     # None when the loss needs no whole-batch statistics.
     batch_targets: Callable[..., Any] | None = None
+    # Hyper-parameters, in resolution order (a derived default may read the
+    # ones before it).
+    params: tuple[Param, ...] = ()
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
 
 
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -118,13 +156,15 @@ def _xent_per_example(*, logits, targets, stats, progress, params):
     return soft_cross_entropy(logits, targets)
 
 
-def _logconf_settings(params) -> tuple[float, float, str]:
-    schedule = params.get("schedule", DEFAULT_SCHEDULE)
-    if schedule not in ALPHA_SCHEDULES:
-        raise ValueError(f"unknown alpha schedule {schedule!r}; choose one of: "
-                         f"{', '.join(sorted(ALPHA_SCHEDULES))}")
-    warmup = params.get("warmup_frac", DEFAULT_WARMUP_FRAC[schedule])
-    return params.get("alpha_max", DEFAULT_ALPHA_MAX), warmup, schedule
+def _kl_per_example(*, logits, targets, stats, progress, params):
+    """KL(y || p) = sum_c y_c (log y_c - log p_c), with 0 log 0 = 0.
+
+    CE minus the (constant) entropy of y: the gradient is xent's.
+    """
+    del stats, progress, params
+    targets = targets.astype(jnp.float32)
+    return jnp.sum(xlogy(targets, targets), axis=-1) + soft_cross_entropy(
+        logits, targets)
 
 
 def _logconf_batch_targets(*, logits, targets, progress, params):
@@ -134,10 +174,15 @@ def _logconf_batch_targets(*, logits, targets, progress, params):
     return {"hardened": harden_balanced(probs, prior)}
 
 
+def _alpha(progress, params, loss_name: str) -> jax.Array:
+    settings = _own_params(loss_name, params)
+    return alpha_schedule(progress, alpha_max=settings["alpha_max"],
+                          warmup_frac=settings["warmup_frac"],
+                          schedule=settings["schedule"])
+
+
 def _logconf_per_example(*, logits, targets, stats, progress, params):
-    alpha_max, warmup, schedule = _logconf_settings(params)
-    a = alpha_schedule(progress, alpha_max=alpha_max, warmup_frac=warmup,
-                       schedule=schedule)
+    a = _alpha(progress, params, "logconf")
     # Mixing the targets (rather than adding two CE terms) gives the same
     # value and a gradient of (1-a)(p-y) + a(p-h) in a single CE.
     hardened = jax.lax.stop_gradient(stats["hardened"])
@@ -145,10 +190,36 @@ def _logconf_per_example(*, logits, targets, stats, progress, params):
     return soft_cross_entropy(logits, mixed)
 
 
+def _entropy_per_example(*, logits, targets, stats, progress, params):
+    """(1 - a) CE(z, y) + a H(p), H(p) = -sum_c p_c log p_c.
+
+    The gradient flows through H (the follow-up stopped it, which left
+    (1 - a) xent): dH/dz_k = -p_k (log p_k + H).
+    """
+    del stats
+    a = _alpha(progress, params, "entropy")
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # exp(log p) * log p is 0, not nan, where p underflows.
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    return (1.0 - a) * soft_cross_entropy(logits, targets) + a * entropy
+
+
+def _window_per_example(*, logits, targets, stats, progress, params):
+    """CE on the examples the student is unsure of: max_c p_c < 0.5 + radius
+    (the mask under stop-gradient), 0 on the others; the batch mean still
+    divides by all rows."""
+    del stats, progress
+    radius = _own_params("window", params)["radius"]
+    probs = jax.nn.softmax(
+        jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
+    inside = jnp.max(probs, axis=-1) < 0.5 + radius
+    return jnp.where(inside, soft_cross_entropy(logits, targets), 0.0)
+
+
 def _product_per_example(*, logits, targets, stats, progress, params):
     del stats, progress  # the product target is per-example
-    a = params.get("product_a", DEFAULT_PRODUCT_A)
-    b = params.get("product_b", DEFAULT_PRODUCT_B)
+    settings = _own_params("product", params)
+    a, b = settings["product_a"], settings["product_b"]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     # Normalising in log space keeps t well defined when p underflows; xlogy
     # makes y^0 = 1 even where y = 0.
@@ -157,11 +228,172 @@ def _product_per_example(*, logits, targets, stats, progress, params):
     return soft_cross_entropy(logits, product)
 
 
+def _median_margin(resolved, train_targets):
+    """Window radius default ("midweak"): the median over the stage's
+    training targets of max_c q_c - 0.5, i.e. |q - 0.5| for binary labels.
+
+    With more than two classes max_c q_c can be below 0.5; a negative median
+    is clipped to 0 (radius >= 0, as for a set radius)."""
+    del resolved
+    if train_targets is None:
+        raise ValueError(
+            "loss 'window' derives loss_params.radius from the stage's "
+            "training targets: set radius, or resolve the parameters with "
+            "resolve_params(..., train_targets)")
+    targets = np.asarray(train_targets, np.float64)
+    if targets.ndim != 2 or targets.shape[0] == 0:
+        raise ValueError(f"train_targets must be a non-empty [N, K] array, "
+                         f"got shape {targets.shape}")
+    return max(0.0, float(np.median(targets.max(axis=-1) - 0.5)))
+
+
+# The confidence weight's schedule, shared by logconf and entropy. The warmup
+# default comes with the schedule: the paper's 0.2 for "linear", the
+# release's 0.1 for "release_jump".
+_ALPHA_PARAMS = (
+    Param("alpha_max", float, DEFAULT_ALPHA_MAX,
+          "final weight a of the confidence/entropy term", low=0.0, high=1.0),
+    Param("schedule", str, DEFAULT_SCHEDULE, "warmup shape of a",
+          choices=ALPHA_SCHEDULES),
+    Param("warmup_frac", float,
+          lambda resolved, _: DEFAULT_WARMUP_FRAC[resolved["schedule"]],
+          "fraction of training over which a warms up", low=0.0, high=1.0),
+)
+
 LOSSES: dict[str, Loss] = {
     "xent": Loss("xent", _xent_per_example),
-    "logconf": Loss("logconf", _logconf_per_example, _logconf_batch_targets),
-    "product": Loss("product", _product_per_example),
+    "kl": Loss("kl", _kl_per_example),
+    "logconf": Loss("logconf", _logconf_per_example, _logconf_batch_targets,
+                    params=_ALPHA_PARAMS),
+    "entropy": Loss("entropy", _entropy_per_example, params=_ALPHA_PARAMS),
+    "window": Loss("window", _window_per_example, params=(
+        Param("radius", float, _median_margin,
+              "train on rows with max_c p_c < 0.5 + radius", low=0.0),)),
+    "product": Loss("product", _product_per_example, params=(
+        Param("product_a", float, DEFAULT_PRODUCT_A, "exponent of y", low=0.0),
+        Param("product_b", float, DEFAULT_PRODUCT_B, "exponent of p", low=0.0),
+    )),
 }
+
+
+# ---- parameters ---------------------------------------------------------------
+
+def param_fields() -> dict[str, type]:
+    """Every loss parameter's name -> python type, over all losses (sorted).
+
+    For the config schema: ``config.loss_params`` has all of these, None
+    meaning "the loss's default".
+    """
+    fields: dict[str, type] = {}
+    for loss in LOSSES.values():
+        for param in loss.params:
+            if fields.setdefault(param.name, param.type) is not param.type:
+                raise TypeError(f"loss parameter {param.name!r} is declared "
+                                f"with two types")
+    return dict(sorted(fields.items()))
+
+
+def _valid_keys(names: Iterable[str]) -> str:
+    """Each loss's keys, e.g. 'xent: (none); logconf: alpha_max, ...'."""
+    return "; ".join(
+        f"{name}: {', '.join(sorted(get_loss(name).param_names)) or '(none)'}"
+        for name in names)
+
+
+def _check_value(param: Param, value, field: str):
+    """``value`` as the plain python type of ``param``, or ValueError naming
+    the field, the value and the valid range or choices."""
+    if param.type is str:
+        if not isinstance(value, str) or (param.choices
+                                          and value not in param.choices):
+            raise ValueError(f"{field}={value!r} is not valid; choose one of: "
+                             f"{', '.join(param.choices)}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{field}={value!r} is not a number")
+    number = float(value)
+    low = -math.inf if param.low is None else param.low
+    high = math.inf if param.high is None else param.high
+    if not (math.isfinite(number) and low <= number <= high):
+        bounds = (f"{param.low:g} <= {param.name} <= {param.high:g}"
+                  if param.low is not None and param.high is not None else
+                  f"{param.name} >= {param.low:g}" if param.low is not None else
+                  f"{param.name} <= {param.high:g}" if param.high is not None else
+                  "a finite number")
+        raise ValueError(f"{field}={value!r} is out of range; valid: {bounds}")
+    return number
+
+
+def user_params(loss_name: str, loss_params: Mapping[str, Any],
+                run_losses: Iterable[str]) -> dict:
+    """The set (not None) entries of a config's ``loss_params`` that belong
+    to ``loss_name``, validated and as plain floats/strings.
+
+    ``run_losses`` are all losses of the run (``loss_name`` counts as one):
+    a set key that none of them owns is a mistake, and so is a value out of
+    its range; both raise ValueError naming the field and what is valid.
+    """
+    run = list(dict.fromkeys([*run_losses, loss_name]))
+    owned = {name: get_loss(name).param_names for name in run}
+    given = {k: v for k, v in dict(loss_params.items()).items() if v is not None}
+    out = {}
+    for key, value in sorted(given.items()):
+        owners = [name for name in run if key in owned[name]]
+        if not owners:
+            others = sorted(n for n, loss in LOSSES.items()
+                            if key in loss.param_names)
+            hint = (f" ({key} is a parameter of: {', '.join(others)})"
+                    if others else "")
+            which = ("loss" if len(run) == 1 else "losses")
+            raise ValueError(
+                f"config.loss_params.{key} is not a parameter of {which} "
+                f"{', '.join(map(repr, run))}; valid keys: {_valid_keys(run)}"
+                f"{hint}")
+        for name in owners:
+            param = get_loss(name).params[owned[name].index(key)]
+            value = _check_value(param, value, f"config.loss_params.{key}")
+        if key in owned[loss_name]:
+            out[key] = value
+    return out
+
+
+def resolve_params(loss_name: str, user: Mapping[str, Any],
+                   train_targets: np.ndarray | None = None) -> dict:
+    """The complete parameter dict ``loss_name`` trains with: ``user``'s
+    values (all must be the loss's own), then the declared defaults, then
+    the derived ones (a schedule's warmup, window's radius from the stage's
+    training targets [N, K]). Plain floats and strings, JSON-serialisable;
+    {} for a loss without parameters.
+
+    E.g. logconf with no user values gives {"alpha_max": 0.5, "schedule":
+    "linear", "warmup_frac": 0.2}; with schedule="release_jump",
+    warmup_frac resolves to 0.1.
+    """
+    loss = get_loss(loss_name)
+    unknown = sorted(set(user) - set(loss.param_names))
+    if unknown:
+        raise ValueError(f"loss_params.{unknown[0]} is not a parameter of loss "
+                         f"{loss_name!r}; valid keys: {_valid_keys([loss_name])}")
+    resolved: dict[str, Any] = {}
+    for param in loss.params:
+        field = f"loss_params.{param.name}"
+        if user.get(param.name) is not None:
+            resolved[param.name] = _check_value(param, user[param.name], field)
+        elif callable(param.default):
+            resolved[param.name] = _check_value(
+                param, param.default(dict(resolved), train_targets), field)
+        else:
+            resolved[param.name] = _check_value(param, param.default, field)
+    return resolved
+
+
+def _own_params(loss_name: str, params: Mapping[str, Any]) -> dict:
+    """Inside a loss: its own entries of ``params`` (others are ignored),
+    with the defaults that need no data filled in."""
+    names = get_loss(loss_name).param_names
+    return resolve_params(loss_name, {k: v for k, v in params.items()
+                                      if k in names})
 
 
 def get_loss(name: str) -> Loss:
