@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from w2s_jax import config as config_lib
-from w2s_jax import experiment
+from w2s_jax import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def _mirror(tmp_path, task, rows):
 
 def _expect_error(config, workdir, *fragments):
     with pytest.raises((ValueError, FileNotFoundError)) as err:
-        experiment.run(config, str(workdir))
+        run.run(config, str(workdir))
     for fragment in fragments:
         assert fragment in str(err.value), str(err.value)
     assert not os.path.exists(os.path.join(workdir, "stages")), "trained anyway"

@@ -16,10 +16,9 @@ def test_notebook_code_cells_parse_and_use_real_names():
             # IPython magics and shell escapes are not Python.
             code += [l for l in lines if not l.lstrip().startswith(("%", "!"))]
     tree = ast.parse("\n".join(code))
-    from w2s_jax import experiment
-    from w2s_jax.report import results as results_lib
+    from w2s_jax import run
     used = {(n.value.id, n.attr) for n in ast.walk(tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
-    assert ("experiment", "run") in used and hasattr(experiment, "run")
-    assert ("results_lib", "summary_table") in used and hasattr(results_lib, "summary_table")
+    assert ("run", "run") in used and hasattr(run, "run")
+    assert ("run", "table") in used and hasattr(run, "table")
     assert os.path.exists(os.path.join(REPO, "configs", "smoke.py"))

@@ -80,3 +80,13 @@ def test_summarize_predictions():
     got = metrics.summarize_predictions(probs, [0, 1, 1, 0])
     assert got == {"accuracy": 0.5, "auroc": 0.5, "n": 4}
     assert metrics.summarize_predictions(np.eye(3), [0, 1, 2])["auroc"] is None
+
+
+def test_expected_calibration_error_by_hand():
+    # Bin [0.9, 1]: confidences 0.9 and 1.0 (mean 0.95), one right: |0.5 - 0.95|.
+    # Bin [0.6, 0.7): confidence 0.6, right: |1 - 0.6|. N = 3.
+    probs = [[0.1, 0.9], [1.0, 0.0], [0.4, 0.6]]
+    labels = [1, 1, 1]
+    expected = (2 * abs(0.5 - 0.95) + 1 * abs(1.0 - 0.6)) / 3
+    assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
+    assert metrics.expected_calibration_error([[0.0, 1.0]] * 4, [1] * 4) == 0.0

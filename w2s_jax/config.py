@@ -59,14 +59,40 @@ def base_config() -> ml_collections.ConfigDict:
     config.overlength = "drop"  # the release dropped long examples; we count them
     config.ceiling_half = "A"  # the release trains the ceiling on A; legacy on B
 
+    # What to run: a recipe from w2s_jax/experiment/recipes/ (w2s: weak ->
+    # strong with a ceiling; bootstrap: a chain of models; saliency: probes
+    # and finetunes of one strong model).
+    config.recipe = "w2s"
+    # The models, weakest first: `weak` and `strong` are the two-model
+    # shorthand. A config that needs more sets `models` to slots "m1", "m2",
+    # ... (see `model_list`), each a model_config; then weak and strong
+    # must be left at their defaults.
     config.weak = model_config("gpt2")
     config.strong = model_config("gpt2-medium")
+    config.models = ml_collections.ConfigDict()
 
-    # The loss of the weak-to-strong stage. Weak and ceiling stages are
-    # trained on gold labels with xent, as in the paper.
+    # The loss of every student stage (stages on gold use xent, as in the
+    # paper). `loss_params` holds every loss's parameters; None means the
+    # loss's own default (w2s_jax/train/losses.py), and setting one that
+    # the run's losses do not take is an error naming the valid keys.
     config.loss = "xent"
-    config.loss_params = ml_collections.ConfigDict(
-        {"alpha_max": 0.5, "warmup_frac": 0.2, "schedule": "linear"})
+    config.loss_params = _loss_params()
+
+    # What a supervisor hands its student: "soft" probabilities (the
+    # release) or "hard" one-hot labels of its argmax.
+    config.weak_labels = "soft"
+    # recipe=bootstrap: how half B is shared among the chain's links
+    # ("disjoint" slices, or "reuse_b": all of B for every link).
+    config.bootstrap = ml_collections.ConfigDict({"pool": "disjoint"})
+    # recipe=saliency: probe layers, e.g. "3,-1" (-1 = the output, k =
+    # after block k); "" = the middle block and the output.
+    config.saliency = ml_collections.ConfigDict({"layers": ""})
+    # Early stopping for every training stage: evaluate every `eval_every`
+    # steps (0 = off) on the gold test set and on a validation slice
+    # (`val_fraction` of the stage's own training examples, held out), and
+    # report the final, oracle and honest choices (README "Early stopping").
+    config.early_stopping = ml_collections.ConfigDict(
+        {"eval_every": 0, "val_fraction": 0.1})
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32
@@ -103,12 +129,28 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _loss_params() -> ml_collections.ConfigDict:
+    """Every loss's parameters, unset (None = the loss's default)."""
+    from w2s_jax.train import losses
+    return ml_collections.ConfigDict({
+        name: ml_collections.FieldReference(None, field_type=kind)
+        for name, kind in sorted(losses.param_fields().items())})
+
+
+def model_list(config: ml_collections.ConfigDict) -> list:
+    """The run's models, weakest first: config.models m1, m2, ... in order,
+    or [weak, strong] when config.models is empty."""
+    if not len(config.models):
+        return [config.weak, config.strong]
+    return [config.models[f"m{i + 1}"] for i in range(len(config.models))]
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the bad value and the valid choices."""
     # Local imports: the registries pull in heavy modules (datasets,
     # transformers) that a bare config file should not need.
     from w2s_jax.core import sharding
-    from w2s_jax.train import losses, steps
+    from w2s_jax.train import labels, losses, steps
     from w2s_jax.data import tasks
     from w2s_jax.models import registry
 
@@ -122,17 +164,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice("config.ceiling_half", config.ceiling_half, CEILING_HALVES)
     _check_choice("config.train.lr_schedule", config.train.lr_schedule,
                   LR_SCHEDULES)
-    _check_choice("config.loss_params.schedule", config.loss_params.schedule,
-                  losses.ALPHA_SCHEDULES)
     _check_choice("config.compute_dtype", config.compute_dtype,
                   list(steps.COMPUTE_DTYPES))
     _check_choice("config.remat", config.remat, list(sharding.REMAT_POLICIES))
-    for role in ("weak", "strong"):
-        model = config[role]
-        registry.check_model_name(model.name, field=f"config.{role}.name")
-        _check_choice(f"config.{role}.head_init", model.head_init, HEAD_INITS)
-        _check_choice(f"config.{role}.mode", model.mode, MODES)
-        _check_choice(f"config.{role}.pooling", model.pooling, POOLINGS)
+    _check_models(config)
+    for field, model in _model_fields(config):
+        registry.check_model_name(model.name, field=f"{field}.name")
+        _check_choice(f"{field}.head_init", model.head_init, HEAD_INITS)
+        _check_choice(f"{field}.mode", model.mode, MODES)
+        _check_choice(f"{field}.pooling", model.pooling, POOLINGS)
+    from w2s_jax.experiment import recipes
+    from w2s_jax.experiment.recipes import bootstrap
+    _check_choice("config.recipe", config.recipe, sorted(recipes.RECIPES))
+    _check_choice("config.bootstrap.pool", config.bootstrap.pool, bootstrap.POOLS)
+    _check_choice("config.weak_labels", config.weak_labels, labels.LABEL_KINDS)
+    run_losses = sweep_values(config.losses, str) or [config.loss]
+    set_params = {k: v for k, v in config.loss_params.to_dict().items()
+                  if v is not None}
+    for loss in run_losses:
+        losses.user_params(loss, set_params, run_losses)
+    es = config.early_stopping
+    if es.eval_every < 0 or not 0 < es.val_fraction < 1:
+        raise ValueError(f"config.early_stopping needs eval_every >= 0 (0 = "
+                         f"off) and 0 < val_fraction < 1, got {es.to_dict()}")
     for field in ("n_train", "n_test", "max_ctx", "train.batch_size",
                   "train.minibatch_size", "train.epochs",
                   "train.eval_batch_size"):
@@ -178,14 +232,43 @@ def check_override_flags(argv: list[str]) -> None:
         path = arg[len("--config."):].split("=", 1)[0].split(".")
         node, prefix = base_config(), "config"
         for part in path:
-            if prefix == "config.loss_params":
-                break  # loss hyper-parameters differ by loss
+            if prefix == "config.models":
+                node, prefix = model_config(""), f"{prefix}.{part}"
+                continue  # the slots (m1, m2, ...) are the config file's
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 valid = (", ".join(sorted(node.keys()))
                          if isinstance(node, ml_collections.ConfigDict) else "none")
                 raise ValueError(f"unknown config key {prefix}.{part} in {arg!r}; "
                                  f"valid keys at {prefix}: {valid}")
             node, prefix = node[part], f"{prefix}.{part}"
+
+
+def _model_fields(config) -> list[tuple[str, ml_collections.ConfigDict]]:
+    if not len(config.models):
+        return [("config.weak", config.weak), ("config.strong", config.strong)]
+    return [(f"config.models.m{i + 1}", config.models[f"m{i + 1}"])
+            for i in range(len(config.models))]
+
+
+def _check_models(config) -> None:
+    """config.models: slots m1..mn, each a full model config; and not
+    together with a changed weak/strong (one of them would be ignored)."""
+    slots = list(config.models.keys())
+    expected = [f"m{i + 1}" for i in range(len(slots))]
+    if sorted(slots) != sorted(expected):
+        raise ValueError(f"config.models must have slots {', '.join(expected)} "
+                         f"(weakest first), got {', '.join(slots)}")
+    reference = model_config("")
+    for slot in slots:
+        _check_keys(config.models[slot], reference, f"config.models.{slot}")
+    if slots:
+        base = base_config()
+        for role in ("weak", "strong"):
+            if config[role].to_dict() != base[role].to_dict():
+                raise ValueError(
+                    f"config.{role} is set but config.models is used, so it "
+                    f"would be ignored; put the model in config.models "
+                    f"instead")
 
 
 def _get(config, dotted: str):
@@ -208,7 +291,7 @@ def _check_keys(config, reference, prefix: str) -> None:
                 f"unknown config key {prefix}.{key}; valid keys at {prefix}: "
                 f"{', '.join(sorted(reference.keys()))}")
         value, ref = config[key], reference[key]
-        if isinstance(value, ml_collections.ConfigDict) and key != "loss_params":
+        if isinstance(value, ml_collections.ConfigDict) and key != "models":
             ref = ref if isinstance(ref, ml_collections.ConfigDict) else None
             if ref is not None:
                 _check_keys(value, ref, f"{prefix}.{key}")

@@ -247,6 +247,11 @@ def default_pooling(model: ResolvedModel) -> str:
     return FAMILIES[model.family].default_pooling if model.family in FAMILIES else ""
 
 
+def num_layers(model: ResolvedModel) -> int:
+    """Transformer blocks of the model's backbone."""
+    return FAMILIES[model.family].num_layers(model.backbone_config)
+
+
 def block_name(model: ResolvedModel, layer: int) -> str:
     """Module name of the block whose output is layer `layer` (1-based)."""
     n = FAMILIES[model.family].num_layers(model.backbone_config)

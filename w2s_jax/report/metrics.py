@@ -88,6 +88,22 @@ def agreement(student_probs, supervisor_probs, gold_labels) -> dict:
     }
 
 
+def expected_calibration_error(probs, labels, bins: int = 10) -> float:
+    """ECE: the confidence-weighted gap between confidence (max_c p_c) and
+    accuracy, over `bins` equal-width confidence bins (the last one closed):
+    sum_b |B_b|/N |acc(B_b) - conf(B_b)|."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    confidence = probs.max(-1)
+    correct = probs.argmax(-1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(total / len(labels)) if len(labels) else float("nan")
+
+
 def summarize_predictions(probs, labels) -> dict:
     """Accuracy, AUROC and count of one model's predictions on a split.
 

@@ -27,51 +27,71 @@ from w2s_jax.report import metrics
 RUN_ONLY_KEYS = ("checkpoint_every_steps", "distributed")
 
 
-def metrics_on(probs: np.ndarray, labels: np.ndarray) -> dict:
-    return metrics.summarize_predictions(probs, labels)
-
-
-def build_results(*, config, data, counts, halves, test_labels, stages,
-                  models, learners, workdir) -> dict:
-    weak, ceiling, w2s = stages["weak"], stages["ceiling"], stages["w2s"]
-    weak_b = weak.arrays["B_probs"]
-    gold_test = {name: stage.record["test_metrics"]
-                 for name, stage in stages.items()}
-    weak_probs = weak.arrays["test_probs"]
+def build_results(*, ctx, output) -> dict:
+    """The results of one run of a recipe, from its stages' stored records
+    and predictions only."""
+    config, stages = ctx.config, output.stages
+    test_labels = ctx.test_labels
+    gold_test = {name: stage.record["test_metrics"] for name, stage in stages.items()}
+    early = {name: stage.record["early_stopping"]
+             for name, stage in stages.items() if "early_stopping" in stage.record}
+    comparisons = {}
+    for comp in output.comparisons:
+        sup, student, ceiling = (stages[comp.supervisor], stages[comp.student],
+                                 stages[comp.ceiling])
+        entry = {
+            "supervisor": comp.supervisor, "student": comp.student,
+            "ceiling": comp.ceiling,
+            "pgr": {key: metrics.pgr(gold_test[comp.supervisor][key],
+                                     gold_test[comp.student][key],
+                                     gold_test[comp.ceiling][key])
+                    for key in ("accuracy", "auroc")},
+            "agreement": metrics.agreement(student.arrays["test_probs"],
+                                           sup.arrays["test_probs"], test_labels),
+            "ceiling_agreement": metrics.agreement(
+                ceiling.arrays["test_probs"], sup.arrays["test_probs"],
+                test_labels),
+        }
+        if early:
+            entry["pgr_early_stopping"] = {
+                selection: {key: metrics.pgr(
+                    *(early[s][selection][key] for s in
+                      (comp.supervisor, comp.student, comp.ceiling)))
+                    for key in ("accuracy", "auroc")}
+                for selection in SELECTION_LABELS}
+        comparisons[comp.name] = entry
+    counts = ctx.tokens
     return {
+        "recipe": config.recipe,
         "task": config.task,
         "loss": config.loss,
         "seed": config.seed,
-        "models": {"weak": config.weak.name, "strong": config.strong.name},
-        "model_sources": models,
-        "learners": learners,
-        "ceiling_half": config.ceiling_half,
+        "models": [m.name for m in ctx.models],
+        "model_sources": {m.name: m.source for m in ctx.models},
         "data": {
-            **data.provenance,
-            "n_train_pool": int(len(counts["train_kept"])),
-            "n_half_a": int(len(halves[0])), "n_half_b": int(len(halves[1])),
+            **ctx.data.provenance,
+            "n_train_pool": int(len(counts.kept["train"])),
             "n_test": int(len(test_labels)),
             "overlength_policy": config.overlength, "max_ctx": config.max_ctx,
-            "train_over_length": counts["train_over_length"],
-            "test_over_length": counts["test_over_length"],
+            "train_over_length": counts.over_length["train"],
+            "test_over_length": counts.over_length["test"],
         },
+        "recipe_details": output.details,
+        # JSON objects are written with sorted keys: the order tables use.
+        "stage_order": list(stages),
+        "comparison_order": [comp.name for comp in output.comparisons],
         "gold_test": gold_test,
-        "weak_labels_on_b": {
-            "accuracy": float(np.mean(weak.arrays["B_correct"])),
-            "mean_confidence": float(weak_b.max(-1).mean()),
-        },
-        "pgr": {key: metrics.pgr(gold_test["weak"][key], gold_test["w2s"][key],
-                                 gold_test["ceiling"][key])
-                for key in ("accuracy", "auroc")},
-        "agreement": {
-            "w2s_vs_weak": metrics.agreement(w2s.arrays["test_probs"],
-                                             weak_probs, test_labels),
-            "ceiling_vs_weak": metrics.agreement(ceiling.arrays["test_probs"],
-                                                 weak_probs, test_labels),
-        },
+        "early_stopping": early,
+        "comparisons": comparisons,
         "stages": {name: {
             "key": stage.key,
-            "path": os.path.relpath(stage.path, workdir),
+            "path": os.path.relpath(stage.path, ctx.workdir),
+            "model": stage.record["model"],
+            "trained_on": stage.record["description"],
+            "learner": stage.record["spec"]["learner"],
+            "loss": stage.record["spec"]["loss"],
+            "loss_params": stage.record["spec"]["loss_params"],
+            "targets_quality": stage.record["targets_quality"],
             "steps": stage.record["steps"],
             "examples": stage.record["examples"],
             "final_loss": stage.record["final_loss"],
@@ -86,8 +106,9 @@ def build_results(*, config, data, counts, halves, test_labels, stages,
 def run_name(results: dict) -> str:
     keys = "".join(s["key"] for s in results["stages"].values())
     tag = hashlib.sha256(keys.encode()).hexdigest()[:8]
-    models = f"{results['models']['weak']}-to-{results['models']['strong']}"
-    name = f"{results['task']}_{models}_{results['loss']}_seed{results['seed']}"
+    name = (f"{results['task']}_{results['recipe']}_"
+            f"{'-to-'.join(results['models'])}_{results['loss']}_"
+            f"seed{results['seed']}")
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + f"_{tag}"
 
 
@@ -126,40 +147,65 @@ def _fmt(value) -> str:
 
 def summary_table(results: dict) -> str:
     gold, data = results["gold_test"], results["data"]
-    ceiling_half = results["ceiling_half"]
-    rows = [
-        ("weak", results["models"]["weak"], f"gold, half A ({data['n_half_a']})"),
-        ("w2s", results["models"]["strong"],
-         f"weak labels, half B ({data['n_half_b']})"),
-        ("ceiling", results["models"]["strong"],
-         f"gold, half {ceiling_half} "
-         f"({data['n_half_a'] if ceiling_half == 'A' else data['n_half_b']})"),
-    ]
     lines = [
-        f"## {results['task']}: {results['models']['weak']} -> "
-        f"{results['models']['strong']}, loss {results['loss']}, "
+        f"## {results['task']}: recipe {results['recipe']}, "
+        f"{' -> '.join(results['models'])}, loss {results['loss']}, "
         f"seed {results['seed']} ({data['n_test']} gold test examples)",
         "",
-        "| stage | model | trained on | accuracy | AUROC |",
-        "|---|---|---|---|---|",
+        "| stage | model | trained on | label accuracy | label ECE | accuracy | AUROC |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for stage, model, trained_on in rows:
-        lines.append(f"| {stage} | {model} | {trained_on} | "
-                     f"{_fmt(gold[stage]['accuracy'])} | "
-                     f"{_fmt(gold[stage]['auroc'])} |")
-    agree = results["agreement"]["w2s_vs_weak"]
-    pgr = results["pgr"]
-    lines += [
-        "",
-        f"PGR (accuracy) {_fmt(pgr['accuracy'])}, PGR (AUROC) "
-        f"{_fmt(pgr['auroc'])}"
-        + ("  (n/a: the ceiling does not beat the weak model)"
-           if None in pgr.values() else ""),
-        f"Weak-label accuracy on half B: "
-        f"{_fmt(results['weak_labels_on_b']['accuracy'])}",
-        f"Student-supervisor agreement on test: overall "
-        f"{_fmt(agree['overall'])}, where weak is right "
-        f"{_fmt(agree['weak_correct'])}, where weak is wrong "
-        f"{_fmt(agree['weak_wrong'])}",
-    ]
+    for name in results["stage_order"]:
+        stage = results["stages"][name]
+        lines.append(f"| {name} | {stage['model']} | {stage['trained_on']} | "
+                     f"{_fmt(stage['targets_quality']['accuracy'])} | "
+                     f"{_fmt(stage['targets_quality']['ece'])} | "
+                     f"{_fmt(gold[name]['accuracy'])} | "
+                     f"{_fmt(gold[name]['auroc'])} |")
+    lines += ["", "| comparison | supervisor -> student (ceiling) | PGR (accuracy) "
+              "| PGR (AUROC) | agreement | where supervisor right | where wrong |",
+              "|---|---|---|---|---|---|---|"]
+    undefined = False
+    for name in results["comparison_order"]:
+        comp = results["comparisons"][name]
+        agree, pgr = comp["agreement"], comp["pgr"]
+        undefined |= None in pgr.values()
+        lines.append(
+            f"| {name} | {comp['supervisor']} -> {comp['student']} "
+            f"({comp['ceiling']}) | {_fmt(pgr['accuracy'])} | "
+            f"{_fmt(pgr['auroc'])} | {_fmt(agree['overall'])} | "
+            f"{_fmt(agree['weak_correct'])} | {_fmt(agree['weak_wrong'])} |")
+    if undefined:
+        lines.append("\nPGR n/a: the ceiling does not beat the supervisor.")
+    if results["early_stopping"]:
+        lines += ["", early_stopping_table(results)]
+    return "\n".join(lines)
+
+
+# Early-stopping selections as tables name them: the oracle must never read
+# as a method (experiment/early_stopping.py defines each).
+SELECTION_LABELS = {
+    "final": "final checkpoint",
+    "oracle": "oracle (best gold test accuracy: an upper bound, looks at test labels)",
+    "honest_acc": "honest (validation accuracy vs own targets)",
+    "honest_auroc": "honest (validation AUROC vs own targets)",
+}
+
+
+def early_stopping_table(results: dict) -> str:
+    """Gold test accuracy and PGR of each stage under each selection."""
+    early = results["early_stopping"]
+    names = [n for n in results["stage_order"] if n in early]
+    comparisons = results["comparison_order"]
+    lines = ["Early stopping (step chosen, gold test accuracy):", "",
+             "| selection | " + " | ".join(names) + " | " + " | ".join(
+                 f"PGR {c}" for c in comparisons) + " |",
+             "|---" * (1 + len(names) + len(comparisons)) + "|"]
+    for selection in SELECTION_LABELS:
+        cells = [f"{_fmt(early[n][selection]['accuracy'])} "
+                 f"(step {early[n][selection]['step']})" for n in names]
+        cells += [_fmt(results["comparisons"][c]["pgr_early_stopping"]
+                       [selection]["accuracy"]) for c in comparisons]
+        lines.append(f"| {SELECTION_LABELS[selection]} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -56,7 +56,9 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
              lengths: np.ndarray, train_targets: np.ndarray,
              settings: TrainSettings, loss: losses.Loss, loss_params: dict,
              mesh, seed: int, checkpoint_dir: str | None = None,
-             checkpoint_every: int = 0) -> tuple[Any, dict]:
+             checkpoint_every: int = 0, eval_every: int = 0,
+             on_eval: Callable[[int, Any], None] | None = None
+             ) -> tuple[Any, dict]:
     """Train on (inputs, soft targets); returns the final params and a record.
 
     `make_inputs(indices, rows)` builds the numpy inputs of a batch;
@@ -64,6 +66,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     With `checkpoint_dir`, training resumes from the latest checkpoint there
     and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
     after which it raises checkpoint.Preempted.
+    `on_eval(step, params)`, the evaluation hook, runs after every
+    `eval_every`-th step and after the last one (early stopping).
     """
     n_examples = len(lengths)
     steps_per_epoch = n_examples // settings.batch_size
@@ -107,7 +111,7 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
                 train_targets=train_targets, settings=settings, mesh=mesh,
                 seed=seed, total_steps=total_steps, start=start,
                 losses_seen=losses_seen, seconds_before=seconds_before,
-                ckpt=ckpt, stop=stop)
+                ckpt=ckpt, stop=stop, eval_every=eval_every, on_eval=on_eval)
     finally:
         if ckpt:
             ckpt.close()
@@ -122,7 +126,7 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
 
 def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
            settings, mesh, seed, total_steps, start, losses_seen,
-           seconds_before, ckpt, stop):
+           seconds_before, ckpt, stop, eval_every, on_eval):
     """Run steps start+1..total_steps, appending their losses to
     `losses_seen`; returns the state, each epoch's padding waste, and the
     seconds this call took."""
@@ -171,6 +175,9 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             if pending is not None:
                 record(pending)
             pending = (step, metrics)
+            if on_eval is not None and (step % eval_every == 0
+                                        or step == total_steps):
+                on_eval(step, state["params"])
             stopping = stop(step)
             if stopping or (ckpt and ckpt.due(step) and step < total_steps):
                 record(pending)

@@ -1,0 +1,37 @@
+"""The paper's experiment: weak supervisor -> strong student, and the ceiling.
+
+    weak     the first model, on gold half A; predicts half B (the weak labels)
+    ceiling  the last model, on gold (half A, or B: config.ceiling_half)
+    w2s      the last model, on half B with the weak labels and config.loss
+"""
+from __future__ import annotations
+
+from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
+from w2s_jax.experiment.stage import train_stage
+from w2s_jax.train import labels
+
+
+def run(ctx) -> RecipeOutput:
+    config = ctx.config
+    strong = len(ctx.models) - 1
+    half_a, half_b = ctx.halves()
+    weak = train_stage(
+        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
+        loss_name="xent", predict={"B": half_b}, model_index=0,
+        description=f"gold, half A ({len(half_a)})")
+    ceiling_idx = half_a if config.ceiling_half == "A" else half_b
+    ceiling = train_stage(
+        ctx, "ceiling", ctx.learner(strong), train_idx=ceiling_idx,
+        targets=ctx.gold(ceiling_idx), loss_name="xent", model_index=strong,
+        description=f"gold, half {config.ceiling_half} ({len(ceiling_idx)})")
+    student = train_stage(
+        ctx, "w2s", ctx.learner(strong), train_idx=half_b,
+        targets=labels.hand_off(weak.arrays["B_probs"], config.weak_labels),
+        loss_name=config.loss, model_index=strong,
+        description=f"{config.weak_labels} weak labels, half B ({len(half_b)})")
+    return RecipeOutput(
+        stages={"weak": weak, "w2s": student, "ceiling": ceiling},
+        comparisons=[Comparison("w2s", supervisor="weak", student="w2s",
+                                ceiling="ceiling")],
+        details={"halves": {"A": len(half_a), "B": len(half_b)},
+                 "ceiling_half": config.ceiling_half})

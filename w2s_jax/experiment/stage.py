@@ -1,0 +1,154 @@
+"""Run one training stage through the stage cache.
+
+A stage trains a learner on some train-pool examples with some targets and
+a loss, then predicts the gold test set and any other sets a recipe asks
+for (storing soft probabilities, hard labels and their correctness). It is
+keyed by everything that determines it, so recipes that share a stage (the
+w2s and bootstrap recipes share the weak model; an xent and a logconf run
+share weak and ceiling) train it once, and a stage interrupted in training
+resumes from its last checkpoint when the same command is run again.
+
+With `config.early_stopping.eval_every` > 0 the stage holds out a
+validation slice of its own training examples (with its own targets: gold
+for gold stages, weak labels for students), and the training loop's
+evaluation hook predicts the test set and that slice every N steps; see
+experiment/early_stopping.py for the three answers read from them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from w2s_jax.core import sharding, stages
+from w2s_jax.core.progress import log
+from w2s_jax.experiment import early_stopping
+from w2s_jax.report import metrics
+from w2s_jax.train import features, loop, losses, steps
+
+
+def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
+                targets: np.ndarray, loss_name: str, description: str,
+                model_index: int, predict: dict | None = None,
+                feature_layers: tuple[int, ...] = ()) -> stages.StageResult:
+    """Train `learner` on train-pool examples `train_idx` with `targets`.
+
+    `predict`: {set name: train-pool indices} to predict besides the test
+    set (e.g. the weak labels on half B). `feature_layers`: after training,
+    also store the finetuned model's pooled features of these layers for the
+    whole train pool and test set (`features_L<k>_train` / `_test`), for
+    probes on top of a finetuned model. `description` says what the stage
+    trained on, for tables.
+    """
+    config = ctx.config
+    loss = losses.get_loss(loss_name)
+    # Which keys a run may set was checked against its losses up front
+    # (config.validate); here each loss takes the keys it owns.
+    user = losses.user_params(loss_name, _set_loss_params(config),
+                              sorted(losses.LOSSES))
+    loss_params = losses.resolve_params(loss_name, user, targets)
+    gold = ctx.test_labels
+    predict_sets = {"test": ("test", np.arange(len(gold)), gold),
+                    **{k: ("train", idx, ctx.train_labels[idx])
+                       for k, idx in (predict or {}).items()}}
+    es = config.early_stopping
+    fit_idx, fit_targets, val = train_idx, targets, None
+    if es.eval_every:
+        val = early_stopping.validation_split(len(train_idx), es.val_fraction,
+                                              config.seed)
+        fit_idx, fit_targets = train_idx[val.fit], targets[val.fit]
+    settings = learner.settings
+    spec = {
+        "learner": learner.spec,
+        # How often progress is printed does not change what is computed.
+        "train": {k: v for k, v in dataclasses.asdict(settings).items()
+                  if k != "log_every"},
+        "loss": loss_name, "loss_params": loss_params, "seed": config.seed,
+        "train_data": [learner.fingerprint("train", train_idx),
+                       stages.fingerprint(targets)],
+        "predict_data": {k: [learner.fingerprint(side, idx),
+                             stages.fingerprint(labels)]
+                         for k, (side, idx, labels) in sorted(predict_sets.items())},
+    }
+    # Added only when used, so the keys of every other stage stay as they were.
+    if es.eval_every:
+        spec["early_stopping"] = {"eval_every": es.eval_every,
+                                  "val_fraction": es.val_fraction}
+    if feature_layers:
+        spec["feature_layers"] = list(feature_layers)
+
+    def compute(inprogress_dir):
+        num_classes = targets.shape[1]
+        forward, params = learner.init(num_classes, config.seed, ctx.mesh)
+        predict_step = steps.make_predict_step(
+            forward, ctx.mesh, param_shardings=sharding.shardings_of(params))
+
+        def predict_probs(params, side, idx):
+            return loop.predict(
+                predict_step, params, make_inputs=learner.inputs(side, idx),
+                lengths=learner.lengths(side, idx),
+                batch_size=settings.eval_batch_size, mesh=ctx.mesh,
+                num_classes=num_classes)
+
+        evals_dir = os.path.join(inprogress_dir, "evals")
+        on_eval = None
+        if val is not None:
+            val_idx = train_idx[val.held_out]
+
+            def on_eval(step, params):
+                early_stopping.save_eval(evals_dir, step, {
+                    "test": predict_probs(params, "test", predict_sets["test"][1]),
+                    "val": predict_probs(params, "train", val_idx)})
+
+        params, record = loop.finetune(
+            name=name, forward=forward, params=params,
+            make_inputs=learner.inputs("train", fit_idx),
+            lengths=learner.lengths("train", fit_idx), train_targets=fit_targets,
+            settings=settings, loss=loss, loss_params=loss_params,
+            mesh=ctx.mesh, seed=config.seed,
+            checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
+            checkpoint_every=config.checkpoint_every_steps,
+            eval_every=es.eval_every, on_eval=on_eval)
+        arrays = {}
+        for set_name, (side, idx, labels) in predict_sets.items():
+            probs = predict_probs(params, side, idx)
+            arrays[f"{set_name}_probs"] = probs
+            arrays[f"{set_name}_hard"] = probs.argmax(-1).astype(np.int32)
+            arrays[f"{set_name}_correct"] = arrays[f"{set_name}_hard"] == labels
+        record["test_metrics"] = metrics.summarize_predictions(
+            arrays["test_probs"], gold)
+        if val is not None:
+            history = early_stopping.load_evals(evals_dir)
+            arrays.update(history)
+            arrays["val_positions"] = val.held_out
+            record["early_stopping"] = early_stopping.select(
+                history, val_targets=targets[val.held_out], test_labels=gold)
+        for layer in feature_layers:
+            for side in ("train", "test"):
+                idx = np.arange(len(ctx.tokens.kept[side]))
+                arrays[f"features_L{layer}_{side}"] = features.extract(
+                    learner.model, params["backbone"],
+                    [learner.ids[side][i] for i in idx], pooling=learner.pooling,
+                    layer=layer, batch_size=settings.eval_batch_size,
+                    max_ctx=config.max_ctx, mesh=ctx.mesh,
+                    name=f"{name}-features-L{layer}-{side}")
+        log(f"[{name}] gold test accuracy "
+            f"{record['test_metrics']['accuracy']:.4f}")
+        return record, arrays
+
+    result = stages.run_stage(ctx.workdir, name, spec, compute)
+    result.record["description"] = description
+    result.record["model"] = ctx.model_name(model_index)
+    # How good and how calibrated the labels it learned from are (gold
+    # stages: accuracy 1, confidence 1, ECE 0).
+    train_gold = ctx.train_labels[train_idx]
+    result.record["targets_quality"] = {
+        "accuracy": float(np.mean(targets.argmax(-1) == train_gold)),
+        "mean_confidence": float(targets.max(-1).mean()),
+        "ece": metrics.expected_calibration_error(targets, train_gold)}
+    return result
+
+
+def _set_loss_params(config) -> dict:
+    return {k: v for k, v in config.loss_params.to_dict().items() if v is not None}
