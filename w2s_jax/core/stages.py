@@ -1,4 +1,5 @@
-"""A cache of finished stages, keyed by everything that determines them.
+"""A cache of finished stages, keyed by everything that determines them,
+and claims that let several processes share one workdir.
 
 A stage's key is the hash of its full specification (model, training
 settings, loss, and a fingerprint of the exact examples and targets it
@@ -7,9 +8,46 @@ trains and predicts on). A finished stage lives in
 metrics and timings) and `arrays.npz` (its predictions). The directory is
 written under a temporary name and renamed when complete, so a crash never
 leaves a half-written stage that a rerun would mistake for a finished one;
-a rerun with the same key loads it instead of retraining. An unfinished
-stage keeps its checkpoints in `<workdir>/stages/.inprogress-<name>-<key>/`,
-where a rerun of the same command resumes from them.
+a rerun with the same key loads it instead of retraining.
+
+Claims. A stage being computed is claimed, so that two processes (two
+identical commands, or the jobs of a grid) never compute it twice:
+
+    stages/.claim-<name>-<key>.<n>/       claim generation n: owner.json
+                                          (host, pid, start time, token),
+                                          heartbeat (the owner's clock,
+                                          rewritten every heartbeat_s),
+                                          released (left by an owner that
+                                          stopped without finishing)
+    stages/.inprogress-<name>-<key>.<n>/  that owner's resumable state
+                                          (checkpoints, evaluations)
+
+The current claim is the one with the highest n. A claim is created whole
+(written under a temporary name, then renamed to its generation's name);
+renaming a directory onto an existing, non-empty one fails, so of two
+processes creating the same generation exactly one succeeds. A process that
+needs a claimed stage waits, printing who holds it, and reuses the stage
+when it appears. It takes the claim over when the owner is gone: released,
+its process no longer exists (same machine), or its heartbeat is older than
+`stale_after_s` (any machine, so hosts' clocks must agree to well within
+it). Taking over is creating generation n+1, atomic in the same way, so of
+two waiters exactly one wins; the winner then renames the newest older
+in-progress directory to its own generation's name (one rename), so it
+resumes from the previous owner's checkpoints, while an owner wrongly
+judged gone (a hung process) would write under its own old path, never
+into the new owner's directory. Generations are removed only once the
+stage is stored, so their numbers never repeat while it is unfinished; a
+stored stage wins over any claim, so a process killed between storing and
+cleaning up blocks nobody.
+
+Relied on: rename(2) of a directory is atomic and fails when the target is
+a non-empty directory (a claim is never empty). This holds on local
+filesystems and on NFS v3+, where the server performs the rename (a retried
+rename whose first reply was lost is recognised by reading back the
+token). NFS clients cache directory listings (up to acdirmax, 60 s by
+default), which only delays when a waiter notices a change. gcsfuse and
+other object-store mounts do not rename directories atomically: claims are
+not safe there.
 """
 from __future__ import annotations
 
@@ -18,16 +56,26 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import uuid
 from typing import Callable
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from w2s_jax.core import distributed
-from w2s_jax.core.progress import log
+from w2s_jax.core.progress import format_duration, log
 
 # Bump when the meaning of stored outputs changes, so old stages are not reused.
 FORMAT_VERSION = 1
+
+# Seconds without a heartbeat after which a claim is judged abandoned.
+ENV_STALE_AFTER = "W2S_CLAIM_STALE_S"
+DEFAULT_STALE_AFTER_S = 600.0
 
 
 @dataclasses.dataclass
@@ -58,42 +106,50 @@ def stage_key(spec: dict) -> str:
 
 
 def run_stage(workdir: str, name: str, spec: dict,
-              compute: Callable[[str], tuple[dict, dict[str, np.ndarray]]]
-              ) -> StageResult:
-    """Load the finished stage for `spec`, or compute and store it.
+              compute: Callable[[str], tuple[dict, dict[str, np.ndarray]]],
+              timing: ClaimTiming | None = None) -> StageResult:
+    """Load the finished stage for `spec`, or claim, compute and store it.
 
     `compute(inprogress_dir)` may keep resumable state (checkpoints) in
-    `inprogress_dir`, which is named by the stage key, so a rerun of an
-    interrupted stage finds it; it is deleted once the stage is stored.
-    Every process of a multi-host run calls this; only process 0 writes.
+    `inprogress_dir`, which belongs to this process's claim and holds what
+    an earlier, interrupted owner left there; it is deleted once the stage
+    is stored. If another process is computing the stage, this waits for it
+    and reuses its result (see `acquire`). Every process of a multi-host run
+    calls this; only process 0 writes.
     """
     key = stage_key(spec)
     stages_dir = os.path.join(workdir, "stages")
     path = os.path.join(stages_dir, f"{name}-{key}")
-    inprogress = os.path.join(stages_dir, f".inprogress-{name}-{key}")
-    # No process may look for the stage while process 0 could still be
-    # writing it, or they would disagree on whether to compute it.
-    distributed.barrier(f"look up stage {name}-{key}")
-    if os.path.exists(os.path.join(path, "record.json")):
+    claim = acquire(stages_dir, name, key, timing)
+    if claim is None:
         log(f"[{name}] reusing finished stage {path}")
         if distributed.is_primary():
             # Left behind if a run died between storing the stage and this.
-            shutil.rmtree(inprogress, ignore_errors=True)
+            remove_claims(stages_dir, f"{name}-{key}")
         return _load(name, key, path, reused=True)
 
-    record, arrays = compute(inprogress)
-    record = {"stage": name, "key": key, "spec": spec, **record}
-    if distributed.is_primary():
-        _store(path, record, arrays)
-        shutil.rmtree(inprogress, ignore_errors=True)
+    try:
+        record, arrays = compute(claim.work_dir)
+        record = {"stage": name, "key": key, "spec": spec, **record}
+        stored = distributed.is_primary() and _store(path, record, arrays)
+    except BaseException:
+        claim.release(finished=False)
+        raise
+    claim.release(finished=True)
+    if stored:
         log(f"[{name}] stage written to {path}")
+    elif distributed.is_primary():
+        log(f"[{name}] another process stored this stage first; using its "
+            f"copy {path}")
     distributed.barrier(f"stored stage {name}-{key}")
     # Return what a reuse would return, so both paths give identical results.
     return _load(name, key, path, reused=False)
 
 
-def _store(path: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write the stage under a temporary name, then rename it into place."""
+def _store(path: str, record: dict, arrays: dict[str, np.ndarray]) -> bool:
+    """Write the stage under a temporary name, then rename it into place.
+    False if another process stored it first (an owner judged gone that
+    was not); the two are identical, and the first one stays."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-",
                            dir=os.path.dirname(path))
@@ -102,9 +158,15 @@ def _store(path: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
         with open(os.path.join(tmp, "record.json"), "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
         os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _finished(path):
+            return False
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return True
 
 
 def _load(name: str, key: str, path: str, reused: bool) -> StageResult:
@@ -113,3 +175,409 @@ def _load(name: str, key: str, path: str, reused: bool) -> StageResult:
     with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return StageResult(name, key, path, record, arrays, reused=reused)
+
+
+def _finished(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "record.json"))
+
+
+# Claims ----------------------------------------------------------------------
+#
+# API: `acquire` (wait for a stage or claim it; every process of a job calls
+# it), `try_claim` (one attempt that never waits: a `Claim`, a `Holder`, or
+# FINISHED), `Claim.release`, `holder` (who computes a stage now) and
+# `remove_claims`. A grid of jobs sharing one workdir needs nothing else.
+
+FINISHED = "finished"
+_OWNER, _HEARTBEAT, _RELEASED = "owner.json", "heartbeat", "released"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimTiming:
+    """How claims are kept alive and judged abandoned (seconds)."""
+    stale_after_s: float = DEFAULT_STALE_AFTER_S  # heartbeat older: abandoned
+    heartbeat_s: float = 30.0  # how often an owner refreshes its heartbeat
+    poll_s: float = 1.0  # how often a waiter looks again
+    report_every_s: float = 60.0  # how often a waiter says it still waits
+
+    @classmethod
+    def from_env(cls) -> "ClaimTiming":
+        """Defaults, with stale_after_s from $W2S_CLAIM_STALE_S if set."""
+        text = os.environ.get(ENV_STALE_AFTER)
+        if text is None:
+            return cls()
+        try:
+            stale = float(text)
+        except ValueError:
+            stale = -1.0
+        if not stale > 0:
+            raise ValueError(f"${ENV_STALE_AFTER}={text!r} must be a positive "
+                             f"number of seconds (default "
+                             f"{DEFAULT_STALE_AFTER_S:g})")
+        return cls(stale_after_s=stale, heartbeat_s=min(30.0, stale / 5))
+
+
+@dataclasses.dataclass
+class Holder:
+    """The owner of a stage's current claim, as another process sees it."""
+    stage_id: str
+    gen: int
+    owner: dict  # what the owner wrote in owner.json ({} if unreadable)
+    heartbeat: float  # the owner's last heartbeat (its clock, epoch seconds)
+    released: bool
+
+    def describe(self) -> str:
+        o = self.owner
+        who = (f"pid {o['pid']} on {o['host']}" if "pid" in o
+               else "an unknown process")
+        since = (time.strftime("claimed %Y-%m-%d %H:%M:%S, ",
+                               time.localtime(o["started"]))
+                 if "started" in o else "")
+        age = format_duration(max(0.0, time.time() - self.heartbeat))
+        return f"{who} ({since}last heartbeat {age} ago)"
+
+    def stale_reason(self, stale_after_s: float) -> str | None:
+        """Why the claim may be taken over, or None while its owner lives."""
+        if self.released:
+            return "its owner stopped without finishing it"
+        alive = _owner_alive(self.owner)
+        if alive is False:
+            return f"process {self.owner['pid']} no longer exists"
+        age = time.time() - self.heartbeat
+        if age > stale_after_s:
+            return (f"no heartbeat for {format_duration(age)} (more than "
+                    f"{format_duration(stale_after_s)})")
+        return None
+
+
+class Claim:
+    """This job's claim on a stage: compute into `work_dir`, then release."""
+
+    def __init__(self, stages_dir: str, stage_id: str, gen: int,
+                 owner: dict | None, timing: ClaimTiming):
+        self.stages_dir, self.stage_id, self.gen = stages_dir, stage_id, gen
+        self.owner = owner  # None in processes other than the writing one
+        self.timing = timing
+        self.path = _claim_path(stages_dir, stage_id, gen)
+        self.work_dir = _work_path(stages_dir, stage_id, gen)
+        self._stop = threading.Event()
+        self._thread = None
+
+    def release(self, finished: bool) -> None:
+        """Finished (the stage is stored): remove every claim and in-progress
+        directory of the stage. Not finished: mark the claim released, so
+        the next process takes it over at once, keeping the in-progress
+        directory to resume from."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.owner is None:
+            return
+        if finished:
+            remove_claims(self.stages_dir, self.stage_id)
+        else:
+            try:
+                _write_atomic(os.path.join(self.path, _RELEASED), "released\n")
+            except OSError:
+                pass
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"claim-{self.stage_id}")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        warned = False
+        name = self.stage_id.rsplit("-", 1)[0]
+        while not self._stop.wait(self.timing.heartbeat_s):
+            try:
+                _write_atomic(os.path.join(self.path, _HEARTBEAT),
+                              repr(time.time()))
+                newer = [g for g in _generations(self.stages_dir,
+                                                 self.stage_id) if g > self.gen]
+            except OSError:
+                # Removed once the stage was stored; or a filesystem hiccup,
+                # after which the next beat tries again.
+                continue
+            if newer and not warned:
+                warned = True
+                taker = holder(self.stages_dir, self.stage_id)
+                log(f"[{name}] warning: the claim on stage {self.stage_id} "
+                    f"was taken over by "
+                    f"{taker.describe() if taker else 'another process'}; "
+                    f"this process carries on, and the first to finish "
+                    f"stores the stage")
+
+
+def acquire(stages_dir: str, name: str, key: str,
+            timing: ClaimTiming | None = None) -> Claim | None:
+    """Wait until stage `<name>-<key>` is finished (None) or this job holds
+    its claim (a Claim: compute, then `release`).
+
+    Collective: every process of a multi-host job calls it; process 0 does
+    the filesystem work and, at every poll, tells the others its outcome, so
+    all of them wait, reuse or compute together.
+    """
+    timing = timing or ClaimTiming.from_env()
+    stage_id = f"{name}-{key}"
+    waiting_since = last_report = None
+    while True:
+        outcome = None
+        if distributed.is_primary():
+            outcome = try_claim(stages_dir, name, key, timing)
+        code, gen = _agree(outcome)
+        if code == _CODE_FINISHED:
+            if waiting_since is not None:
+                log(f"[{name}] stage {stage_id} was finished by the process "
+                    f"that held it; waited "
+                    f"{format_duration(time.monotonic() - waiting_since)}")
+            return None
+        if code == _CODE_CLAIMED:
+            if isinstance(outcome, Claim):
+                return outcome
+            return Claim(stages_dir, stage_id, gen, None, timing)
+        now = time.monotonic()
+        if isinstance(outcome, Holder):
+            if waiting_since is None:
+                waiting_since = last_report = now
+                log(f"[{name}] waiting for stage {stage_id}, claimed by "
+                    f"{outcome.describe()}; this run reuses it once stored, "
+                    f"or takes it over if that process stops")
+            elif now - last_report >= timing.report_every_s:
+                last_report = now
+                log(f"[{name}] still waiting "
+                    f"({format_duration(now - waiting_since)}) for stage "
+                    f"{stage_id}, held by {outcome.describe()}")
+        time.sleep(timing.poll_s)
+
+
+def try_claim(stages_dir: str, name: str, key: str,
+              timing: ClaimTiming | None = None):
+    """One attempt, never waiting: FINISHED if the stage is stored, a Claim
+    if this process now holds it (its heartbeat running), else the Holder
+    of the live claim (or None if the claim changed hands while looking:
+    try again). Single process: the caller writes."""
+    timing = timing or ClaimTiming.from_env()
+    stage_id = f"{name}-{key}"
+    if _finished(os.path.join(stages_dir, stage_id)):
+        return FINISHED
+    os.makedirs(stages_dir, exist_ok=True)
+    gens = _generations(stages_dir, stage_id)
+    taking_over = None
+    if gens:
+        current = _read_holder(stages_dir, stage_id, gens[-1])
+        if current is None:
+            return None
+        reason = current.stale_reason(timing.stale_after_s)
+        if reason is None:
+            return current
+        taking_over = current, reason
+    gen = gens[-1] + 1 if gens else 0
+    owner = _identity(gen)
+    if taking_over:
+        owner["took_over"] = {"gen": taking_over[0].gen,
+                              "owner": taking_over[0].owner,
+                              "reason": taking_over[1]}
+    if not _create_claim(stages_dir, stage_id, gen, owner):
+        return _read_holder(stages_dir, stage_id, gen)
+    claim = Claim(stages_dir, stage_id, gen, owner, timing)
+    if _finished(os.path.join(stages_dir, stage_id)):
+        # Stored between our look and our claim.
+        shutil.rmtree(claim.path, ignore_errors=True)
+        return FINISHED
+    if taking_over:
+        log(f"[{name}] taking over stage {stage_id} from "
+            f"{taking_over[0].describe()}: {taking_over[1]}")
+    try:
+        _adopt_work_dir(stages_dir, stage_id, gen)
+    except BaseException:
+        claim.release(finished=False)
+        raise
+    claim._start_heartbeat()
+    return claim
+
+
+def holder(stages_dir: str, stage_id: str) -> Holder | None:
+    """Who holds stage `<name>-<key>`'s claim now, if anyone."""
+    gens = _generations(stages_dir, stage_id)
+    return _read_holder(stages_dir, stage_id, gens[-1]) if gens else None
+
+
+def remove_claims(stages_dir: str, stage_id: str) -> None:
+    """Remove every claim and in-progress directory of a stored stage."""
+    try:
+        names = os.listdir(stages_dir)
+    except OSError:
+        return
+    work, claim = f".inprogress-{stage_id}", f".claim-{stage_id}"
+    doomed = [n for n in names if n == work or _gen_of(n, work) is not None
+              or n.startswith(f".claimtmp-{stage_id}-")]
+    doomed += [n for n in names if _gen_of(n, claim) is not None]
+    for entry in doomed:
+        shutil.rmtree(os.path.join(stages_dir, entry), ignore_errors=True)
+
+
+_CODE_WAIT, _CODE_FINISHED, _CODE_CLAIMED = 0, 1, 2
+
+
+def _agree(outcome) -> tuple[int, int]:
+    """Process 0's outcome of one poll, as every process of the job sees it."""
+    if isinstance(outcome, Claim):
+        code, gen = _CODE_CLAIMED, outcome.gen
+    elif outcome == FINISHED:
+        code, gen = _CODE_FINISHED, -1
+    else:
+        code, gen = _CODE_WAIT, -1
+    if jax.process_count() > 1:
+        code, gen = (int(v) for v in multihost_utils.broadcast_one_to_all(
+            np.array([code, gen], np.int32)))
+    return code, gen
+
+
+def _claim_path(stages_dir: str, stage_id: str, gen: int) -> str:
+    return os.path.join(stages_dir, f".claim-{stage_id}.{gen}")
+
+
+def _work_path(stages_dir: str, stage_id: str, gen: int) -> str:
+    return os.path.join(stages_dir, f".inprogress-{stage_id}.{gen}")
+
+
+def _gen_of(entry: str, prefix: str) -> int | None:
+    rest = entry[len(prefix):] if entry.startswith(prefix) else ""
+    return int(rest[1:]) if rest[:1] == "." and rest[1:].isdigit() else None
+
+
+def _generations(stages_dir: str, stage_id: str, kind: str = ".claim-"
+                 ) -> list[int]:
+    try:
+        names = os.listdir(stages_dir)
+    except FileNotFoundError:
+        return []
+    prefix = f"{kind}{stage_id}"
+    return sorted(g for g in (_gen_of(n, prefix) for n in names)
+                  if g is not None)
+
+
+def _create_claim(stages_dir: str, stage_id: str, gen: int, owner: dict
+                  ) -> bool:
+    """Create claim generation `gen` whole; False if another process has."""
+    tmp = tempfile.mkdtemp(prefix=f".claimtmp-{stage_id}-", dir=stages_dir)
+    target = _claim_path(stages_dir, stage_id, gen)
+    try:
+        with open(os.path.join(tmp, _OWNER), "w") as f:
+            json.dump(owner, f, indent=1, sort_keys=True)
+        with open(os.path.join(tmp, _HEARTBEAT), "w") as f:
+            f.write(repr(owner["started"]))
+        os.rename(tmp, target)
+        return True
+    except OSError:
+        # Taken (ENOTEMPTY/EEXIST), or on NFS a retried rename of ours
+        # whose first reply was lost: the token tells.
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with open(os.path.join(target, _OWNER)) as f:
+                return json.load(f).get("token") == owner["token"]
+        except (OSError, ValueError):
+            return False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _adopt_work_dir(stages_dir: str, stage_id: str, gen: int) -> None:
+    """Move the newest earlier owner's in-progress directory (or one from
+    before claims existed) to this generation's name, in one rename."""
+    older = [g for g in _generations(stages_dir, stage_id, ".inprogress-")
+             if g < gen]
+    legacy = os.path.join(stages_dir, f".inprogress-{stage_id}")
+    source = (_work_path(stages_dir, stage_id, older[-1]) if older
+              else legacy if os.path.isdir(legacy) else None)
+    if source is not None:
+        os.rename(source, _work_path(stages_dir, stage_id, gen))
+
+
+def _read_holder(stages_dir: str, stage_id: str, gen: int) -> Holder | None:
+    path = _claim_path(stages_dir, stage_id, gen)
+    try:
+        with open(os.path.join(path, _OWNER)) as f:
+            owner = json.load(f)
+    except FileNotFoundError:
+        if not os.path.isdir(path):
+            return None  # removed: the stage was stored
+        owner = {}
+    except (OSError, ValueError):
+        owner = {}
+    try:
+        with open(os.path.join(path, _HEARTBEAT)) as f:
+            heartbeat = float(f.read())
+    except (OSError, ValueError):
+        try:
+            heartbeat = owner.get("started") or os.stat(path).st_mtime
+        except OSError:
+            return None
+    return Holder(stage_id, gen, owner, heartbeat,
+                  released=os.path.exists(os.path.join(path, _RELEASED)))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _identity(gen: int) -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid,
+            "machine": _machine_id(), "process_start": _process_start(pid),
+            "started": time.time(), "token": uuid.uuid4().hex, "gen": gen}
+
+
+def _machine_id() -> str:
+    """Processes with equal ids see each other's pids: same kernel boot and
+    pid namespace (containers sharing a hostname differ here)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return "/".join(parts)
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) from /proc, if any."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _owner_alive(owner: dict) -> bool | None:
+    """Whether the owner's process exists; None if this process cannot tell
+    (another machine, or an unreadable claim)."""
+    if "pid" not in owner or owner.get("machine") != _machine_id():
+        return None
+    pid = owner["pid"]
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, start = stat
+        if state in ("Z", "X"):
+            return False  # exited, not yet reaped by its parent
+        # A different process that got the same pid.
+        return owner.get("process_start") in (None, start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
