@@ -25,7 +25,6 @@ def get_config():
     config.overlength = "truncate"
     config.weak = model_config("minilm-l6", mode="features", epochs=10)
     config.strong = model_config("mpnet-base", mode="features", epochs=10)
-    config.loss = "logconf"
     config.seeds = "0,1,2"
     config.losses = "xent,logconf"
     config.train.eval_batch_size = 64

@@ -9,7 +9,7 @@
 # command on all workers at once (jax.distributed finds the pod by itself:
 # W2S_DISTRIBUTED=1), then copies worker 0's results back to
 # ./results-NAME/. WORKDIR must be on a filesystem every worker shares (a
-# Filestore/NFS or gcsfuse mount): process 0 writes the stages and results,
+# Filestore/NFS mount; not gcsfuse, see README): process 0 writes the stages and results,
 # the others read them, and orbax writes multi-host checkpoints there.
 # Rerunning the same line resumes: finished stages are reused and an
 # interrupted stage continues from its last checkpoint.

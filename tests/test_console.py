@@ -123,3 +123,32 @@ def test_verbosity_levels(in_process, capsys):
     assert console.console_level(-1) == logging.WARNING
     assert console.console_level(-2) == logging.ERROR
     assert console.console_level(1) == logging.DEBUG
+
+
+def test_deferred_log_file_waits_for_the_checks(tmp_path, capsys):
+    """A run refused by its checks leaves nothing in the workdir; once they
+    pass, the file holds what was logged before too."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        path = console.setup(str(tmp_path / "work"), from_flags=False,
+                             defer_file=True)
+        logging.getLogger("datasets.builder").info("read the mirror")
+        assert not os.path.exists(tmp_path / "work")
+        assert "[logs]" not in capsys.readouterr().out
+        assert console.open_log_file() == path
+        assert f"[logs] library logs go to {path}" in capsys.readouterr().out
+        logging.getLogger("orbax.checkpoint").info("saved step 3")
+        console.to_log_file(logging.ERROR, "UsageError: late")
+        assert console.open_log_file() == path  # once only
+        assert "[logs]" not in capsys.readouterr().out
+        with open(path) as f:
+            text = f.read()
+        assert text.index("read the mirror") < text.index("saved step 3")
+        assert "UsageError: late" in text
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from w2s_jax.core.errors import ModelError
 from w2s_jax.models import offline, registry
 
 SENTENCES = ["A man is playing a guitar on stage.",
@@ -117,5 +118,5 @@ def test_unreachable_hub_fails_over_within_seconds(monkeypatch):
 
 def test_unknown_hub_model_offline_names_the_alternatives(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="minilm-l6.*mpnet-base"):
+    with pytest.raises(ModelError, match="minilm-l6.*mpnet-base"):
         registry.find_checkpoint("nobody/no-such-model")

@@ -149,10 +149,19 @@ def test_mirror_without_the_task_is_a_clear_error(sst2_mirror):
         load(sst2_mirror, name="amazon_polarity")
 
 
-def test_request_beyond_the_pool_takes_all_and_says_so(sst2_mirror):
-    prov = load(sst2_mirror, n_train=1000).provenance
+def test_request_beyond_the_pool_takes_all_and_says_so(sst2_mirror, caplog,
+                                                      monkeypatch):
+    monkeypatch.setattr(splits, "_WARNED_SHORT", set())
+    with caplog.at_level("WARNING", logger="w2s_jax.data.splits"):
+        prov = load(sst2_mirror, n_train=1000).provenance
+        load(sst2_mirror, n_train=1000, seed=1)  # a sweep's next seed
     assert prov["train"]["n_requested"] == 1000
     assert prov["train"]["n_used"] == 40
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["task sst2: the train side has 40 examples after class "
+                        "balancing, fewer than config.n_train=1000; using all "
+                        "40 (the results record both as n_requested and "
+                        "n_used)"]
     with pytest.raises(ValueError, match="n_test"):
         load(sst2_mirror, n_test=0)
 
@@ -345,7 +354,7 @@ def test_real_carve_out_shares_no_group_between_train_and_test(name):
     if not data_dir:
         pytest.skip(f"{sources.DATA_DIR_ENV} is unset: no local mirror")
     spec = tasks.get_task(name)
-    split = splits._plan(spec, data_dir)["carve_out"]["from_split"]
+    split = splits.plan_splits(spec, data_dir)["carve_out"]["from_split"]
     rows = sources.load_raw(spec, split, data_dir)
     ids = spec.grouping.assign(rows)
     group_of = {id(row): g for row, g in zip(rows, ids.tolist())}

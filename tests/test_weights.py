@@ -9,7 +9,9 @@ import pytest
 import safetensors.numpy
 
 from w2s_jax.models.gpt2 import HF_PREFIXES, HF_WEIGHT_MAP, GPT2Backbone, GPT2Config
-from w2s_jax.models.weights import map_weights, read_safetensors
+from w2s_jax.core.errors import ModelError
+from w2s_jax.models.weights import (check_safetensors_file, map_weights,
+                                    read_safetensors)
 
 CONFIG = GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=2, n_head=2)
 
@@ -99,7 +101,8 @@ def test_param_not_covered_by_table(abstract):
 def test_pickled_only_directory_is_refused(tmp_path):
     # Never unpickled, so arbitrary bytes stand in for a real pickle.
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
-    with pytest.raises(ValueError, match="pytorch_model.bin.*refused.*safe_serialization=True"):
+    with pytest.raises(ModelError, match="refusing to unpickle .*pytorch_model.bin"
+                       ".*safe_serialization=True"):
         read_safetensors(str(tmp_path))
 
 
@@ -129,3 +132,23 @@ def test_half_precision_is_widened_to_float32(tmp_path):
     state = read_safetensors(str(path))
     assert state["bf"].dtype == np.float32 and state["fp"].dtype == np.float32
     np.testing.assert_array_equal(state["bf"], [1.5, -2.0])
+
+
+def test_safetensors_header_is_checked_against_the_file_size(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(
+        {"a": np.ones((3, 4), np.float32), "b": np.zeros(5, ml_dtypes.bfloat16),
+         "c": np.arange(7, dtype=np.int64)}, str(path), metadata={"format": "pt"})
+    header = check_safetensors_file(str(path))  # a whole file passes
+    assert sorted(k for k in header if k != "__metadata__") == ["a", "b", "c"]
+    whole = path.read_bytes()
+    for damaged, message in ((whole[:-1], "is truncated"),
+                             (whole + b"\0", "longer than its header says"),
+                             (whole[:5], "too short for a safetensors file"),
+                             (b"\xff" * 64, "not a safetensors file")):
+        path.write_bytes(damaged)
+        with pytest.raises(ModelError, match=message) as err:
+            check_safetensors_file(str(path))
+        assert str(path) in str(err.value)
+        with pytest.raises(ModelError, match=message):
+            read_safetensors(str(path))  # never reaches safetensors' own error

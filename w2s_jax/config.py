@@ -6,7 +6,12 @@ before any data is read or any model is trained.
 """
 from __future__ import annotations
 
+import ast
+import os
+
 import ml_collections
+
+from w2s_jax.core.errors import UsageError
 
 OVERLENGTH_POLICIES = ("drop", "truncate")
 CEILING_HALVES = ("A", "B")
@@ -14,6 +19,8 @@ LR_SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeros", "normal", "unembedding")
 MODES = ("finetune", "features")
 POOLINGS = ("", "last", "mean", "first")
+# Below this many tokens every example is cut to almost nothing.
+MIN_CTX = 8
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -146,7 +153,17 @@ def model_list(config: ml_collections.ConfigDict) -> list:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the bad value and the valid choices."""
+    """Raise UsageError (a ValueError) naming the bad value and the valid
+    choices."""
+    try:
+        _validate(config)
+    except UsageError:
+        raise
+    except ValueError as err:  # a registry's own check (losses, models...)
+        raise UsageError(str(err)) from None
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
     # Local imports: the registries pull in heavy modules (datasets,
     # transformers) that a bare config file should not need.
     from w2s_jax.core import sharding
@@ -157,9 +174,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_keys(config, base_config(), prefix="config")
     _check_choice("config.task", config.task, tasks.task_names())
     _check_choice("config.loss", config.loss, sorted(losses.LOSSES))
-    for loss in sweep_values(config.losses, str):
+    for loss in sweep_values(config.losses, str, "config.losses"):
         _check_choice("config.losses", loss, sorted(losses.LOSSES))
-    sweep_values(config.seeds, int)
+    sweep_values(config.seeds, int, "config.seeds")
+    sweep_values(config.saliency.layers, int, "config.saliency.layers", "3,-1")
+    _check_sweep_conflicts(config)
     _check_choice("config.overlength", config.overlength, OVERLENGTH_POLICIES)
     _check_choice("config.ceiling_half", config.ceiling_half, CEILING_HALVES)
     _check_choice("config.train.lr_schedule", config.train.lr_schedule,
@@ -168,7 +187,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   list(steps.COMPUTE_DTYPES))
     _check_choice("config.remat", config.remat, list(sharding.REMAT_POLICIES))
     _check_models(config)
-    for field, model in _model_fields(config):
+    for field, model in model_fields(config):
         registry.check_model_name(model.name, field=f"{field}.name")
         _check_choice(f"{field}.head_init", model.head_init, HEAD_INITS)
         _check_choice(f"{field}.mode", model.mode, MODES)
@@ -178,6 +197,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice("config.recipe", config.recipe, sorted(recipes.RECIPES))
     _check_choice("config.bootstrap.pool", config.bootstrap.pool, bootstrap.POOLS)
     _check_choice("config.weak_labels", config.weak_labels, labels.LABEL_KINDS)
+    _check_recipe_models(config)
     run_losses = sweep_values(config.losses, str) or [config.loss]
     set_params = {k: v for k, v in config.loss_params.to_dict().items()
                   if v is not None}
@@ -185,39 +205,135 @@ def validate(config: ml_collections.ConfigDict) -> None:
         losses.user_params(loss, set_params, run_losses)
     es = config.early_stopping
     if es.eval_every < 0 or not 0 < es.val_fraction < 1:
-        raise ValueError(f"config.early_stopping needs eval_every >= 0 (0 = "
+        raise UsageError(f"config.early_stopping needs eval_every >= 0 (0 = "
                          f"off) and 0 < val_fraction < 1, got {es.to_dict()}")
     for field in ("n_train", "n_test", "max_ctx", "train.batch_size",
                   "train.minibatch_size", "train.epochs",
                   "train.eval_batch_size"):
         value = _get(config, field)
         if value is None or value <= 0:
-            raise ValueError(f"config.{field} must be a positive integer, "
+            raise UsageError(f"config.{field} must be a positive integer, "
                              f"got {value!r}")
+    if config.max_ctx < MIN_CTX:
+        raise UsageError(
+            f"config.max_ctx={config.max_ctx} is below {MIN_CTX} tokens: every "
+            f"example would be cut to almost nothing; set --config.max_ctx to "
+            f"the model's context (e.g. 512 or 1024)")
     if config.checkpoint_every_steps < 0:
-        raise ValueError(f"config.checkpoint_every_steps must be >= 0 (0 = "
+        raise UsageError(f"config.checkpoint_every_steps must be >= 0 (0 = "
                          f"only on SIGTERM), got {config.checkpoint_every_steps}")
     if config.distributed.num_processes < 0 or config.distributed.process_id < -1:
-        raise ValueError(f"config.distributed.num_processes must be >= 0 and "
+        raise UsageError(f"config.distributed.num_processes must be >= 0 and "
                          f"process_id >= -1 (0 / -1 = not set), got "
                          f"{config.distributed.to_dict()}")
     if config.train.batch_size % config.train.minibatch_size:
-        raise ValueError(
+        raise UsageError(
             f"config.train.batch_size ({config.train.batch_size}) must be a "
             f"multiple of config.train.minibatch_size "
             f"({config.train.minibatch_size})")
 
 
-def sweep_values(text: str, kind) -> list:
-    """"0,1,2" -> [0, 1, 2]; names the field's bad entry if any."""
+def sweep_values(text: str, kind, field: str = "the list",
+                 example: str = "0,1,2") -> list:
+    """"0,1,2" -> [0, 1, 2]; names the field and its bad entry if any."""
     values = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         try:
             values.append(kind(item))
         except ValueError:
-            raise ValueError(f"{item!r} in {text!r} is not a valid "
-                             f"{kind.__name__}") from None
+            what = {int: "an integer", float: "a number"}.get(
+                kind, kind.__name__)
+            raise UsageError(f"{field}={text!r}: {item!r} is not {what}; give "
+                             f"comma-separated values, e.g. --{field}={example}"
+                             ) from None
     return values
+
+
+def _check_sweep_conflicts(config) -> None:
+    """`seed` and `loss` together with `seeds` / `losses`: the sweep would
+    win without a word, so one of the two is a mistake. "Given" means
+    changed from base_config's default."""
+    base = base_config()
+    for single, sweep in (("seed", "seeds"), ("loss", "losses")):
+        if sweep_values(config[sweep], str) and config[single] != base[single]:
+            raise UsageError(
+                f"config.{single}={config[single]!r} and config.{sweep}="
+                f"{config[sweep]!r} are both set, and the sweep would ignore "
+                f"config.{single}: to sweep, put {config[single]} in "
+                f"config.{sweep} and pass --config.{single}={base[single]} "
+                f"(the default; a config file may set it); to run "
+                f"{config[single]} alone, pass --config.{sweep}= (empty)")
+
+
+def _check_recipe_models(config) -> None:
+    """What a recipe needs of the model list, known before any model loads."""
+    models = model_list(config)
+    if config.recipe == "bootstrap" and len(models) < 3:
+        raise UsageError(
+            f"config.recipe='bootstrap' needs at least 3 models in "
+            f"config.models (m1 < m2 < m3 ..., see configs/bootstrap_sst2.py), "
+            f"got {len(models)}; with two models use config.recipe='w2s'")
+    if config.recipe == "saliency" and models[-1].name == "bow-tfidf":
+        raise UsageError(
+            "config.recipe='saliency' needs a transformer as the strong (last) "
+            "model, got 'bow-tfidf'")
+
+
+def check_config_flag(argv: list[str]) -> None:
+    """The --config file exists, parses, and defines get_config.
+
+    ml_collections would otherwise fail with a traceback, calling the file
+    "module 'config_config'". Nothing in the file is run here.
+    """
+    value = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            value = arg[len("--config="):]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+    if value is None:
+        return  # absl reports the missing required flag
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+        directory = os.path.dirname(path) or "."
+        held = (sorted(n for n in os.listdir(directory) if n.endswith(".py"))
+                if os.path.isdir(directory) else [])
+        there = (f"; config files in {directory}: {', '.join(held)}" if held
+                 else "; the configs are in configs/ (e.g. configs/smoke.py)")
+        raise UsageError(f"--config={value}: {path} "
+                         f"{'is a directory' if os.path.isdir(path) else 'does not exist'}"
+                         f"{there}")
+    with open(path, "rb") as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except (SyntaxError, ValueError) as err:
+        line = getattr(err, "lineno", None)
+        raise UsageError(f"config file {path}{f', line {line}' if line else ''}"
+                         f": {getattr(err, 'msg', err)}; it must be valid Python "
+                         f"defining get_config()") from None
+    if not _binds_get_config(tree):
+        raise UsageError(
+            f"config file {path} defines no get_config(); a config file "
+            f"defines get_config() returning the experiment's ConfigDict, "
+            f"starting from w2s_jax.config.base_config() (see configs/smoke.py)")
+
+
+def _binds_get_config(tree: ast.Module) -> bool:
+    """Whether the module defines, assigns or imports get_config anywhere
+    (lenient: a star import counts)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            bound = [node.name]
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound = [node.id]
+        elif isinstance(node, ast.ImportFrom):
+            bound = [alias.asname or alias.name for alias in node.names]
+        else:
+            continue
+        if "get_config" in bound or "*" in bound:
+            return True
+    return False
 
 
 def check_override_flags(argv: list[str]) -> None:
@@ -238,12 +354,12 @@ def check_override_flags(argv: list[str]) -> None:
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 valid = (", ".join(sorted(node.keys()))
                          if isinstance(node, ml_collections.ConfigDict) else "none")
-                raise ValueError(f"unknown config key {prefix}.{part} in {arg!r}; "
+                raise UsageError(f"unknown config key {prefix}.{part} in {arg!r}; "
                                  f"valid keys at {prefix}: {valid}")
             node, prefix = node[part], f"{prefix}.{part}"
 
 
-def _model_fields(config) -> list[tuple[str, ml_collections.ConfigDict]]:
+def model_fields(config) -> list[tuple[str, ml_collections.ConfigDict]]:
     if not len(config.models):
         return [("config.weak", config.weak), ("config.strong", config.strong)]
     return [(f"config.models.m{i + 1}", config.models[f"m{i + 1}"])
@@ -256,7 +372,7 @@ def _check_models(config) -> None:
     slots = list(config.models.keys())
     expected = [f"m{i + 1}" for i in range(len(slots))]
     if sorted(slots) != sorted(expected):
-        raise ValueError(f"config.models must have slots {', '.join(expected)} "
+        raise UsageError(f"config.models must have slots {', '.join(expected)} "
                          f"(weakest first), got {', '.join(slots)}")
     reference = model_config("")
     for slot in slots:
@@ -265,7 +381,7 @@ def _check_models(config) -> None:
         base = base_config()
         for role in ("weak", "strong"):
             if config[role].to_dict() != base[role].to_dict():
-                raise ValueError(
+                raise UsageError(
                     f"config.{role} is set but config.models is used, so it "
                     f"would be ignored; put the model in config.models "
                     f"instead")
@@ -279,7 +395,7 @@ def _get(config, dotted: str):
 
 def _check_choice(field: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{field}={value!r} is not valid; choose one of: "
+        raise UsageError(f"{field}={value!r} is not valid; choose one of: "
                          f"{', '.join(map(str, choices))}")
 
 
@@ -287,7 +403,7 @@ def _check_keys(config, reference, prefix: str) -> None:
     """Unknown keys are typos that would otherwise be silently ignored."""
     for key in config.keys():
         if key not in reference:
-            raise ValueError(
+            raise UsageError(
                 f"unknown config key {prefix}.{key}; valid keys at {prefix}: "
                 f"{', '.join(sorted(reference.keys()))}")
         value, ref = config[key], reference[key]

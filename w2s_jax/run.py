@@ -15,8 +15,9 @@ import json
 import ml_collections
 
 from w2s_jax import config as config_lib
+from w2s_jax.core import console
 from w2s_jax.core.progress import log
-from w2s_jax.experiment import setup
+from w2s_jax.experiment import preflight, setup
 from w2s_jax.experiment.recipes import get_recipe
 from w2s_jax.report import results as results_lib
 from w2s_jax.report import summary as summary_lib
@@ -24,10 +25,18 @@ from w2s_jax.report import summary as summary_lib
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Every run of the config; returns the results of a single run, or the
-    summary of several."""
+    summary of several.
+
+    Everything that can be checked before any work is checked first (the
+    config, the workdir, the data files, the model directories), and
+    nothing is written to the workdir until the first run's data and models
+    are set up; a failure until then leaves the workdir as it was.
+    """
     config_lib.validate(config)
-    seeds = config_lib.sweep_values(config.seeds, int) or [config.seed]
-    loss_names = config_lib.sweep_values(config.losses, str) or [config.loss]
+    preflight.check(config, workdir)
+    seeds = config_lib.sweep_values(config.seeds, int, "config.seeds") or [config.seed]
+    loss_names = (config_lib.sweep_values(config.losses, str, "config.losses")
+                  or [config.loss])
     runs = {loss: [run_one(_single(config, seed, loss), workdir)
                    for seed in seeds] for loss in loss_names}
     if len(seeds) == 1 and len(loss_names) == 1:
@@ -46,6 +55,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log(f"[run] recipe {config.recipe}, task {config.task}, loss "
         f"{config.loss}, seed {config.seed}")
     ctx = setup.build(config, workdir)
+    console.open_log_file()  # the workdir's first write (if logs are deferred)
     output = recipe(ctx)
     results = results_lib.build_results(ctx=ctx, output=output)
     path = results_lib.write_results(results, workdir)

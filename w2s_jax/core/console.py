@@ -12,7 +12,10 @@
 * every record at INFO and above, from every library (absl and orbax, jax,
   datasets, huggingface_hub, transformers, urllib3/httpx...) and from Python's
   `warnings` module, goes to ``<workdir>/logs/run-<UTC time>-<pid>.log``.
-  Each process of a multi-host run writes its own file.
+  Each process of a multi-host run writes its own file. With
+  ``defer_file=True`` (what `python -m w2s_jax.main` uses) the records wait
+  in memory until `open_log_file()`, which the run calls once its checks
+  have passed: a run refused by its checks leaves nothing in the workdir.
 
 absl's ``-v/--verbosity`` flag sets the console level: left out, WARNING;
 ``--verbosity=0`` (or ``-v 0``) brings the INFO lines back to the console,
@@ -42,6 +45,8 @@ _LIBRARY_LOGGERS = ("datasets", "huggingface_hub", "transformers",
 _HANDLER_LIBRARIES = ("datasets", "huggingface_hub", "transformers")
 
 _installed: list[logging.Handler] = []
+# Records a deferred log file holds in memory at most before it is opened.
+_MAX_PENDING = 100_000
 
 
 def _short_level(levelno: int) -> str:
@@ -83,6 +88,58 @@ class RepeatFilter(logging.Filter):
         if count == 2:
             record.w2s_repeat_note = self.log_path
         return count <= 2
+
+
+class LogFileHandler(logging.Handler):
+    """Writes formatted records to `path`; until `open()` they are kept in
+    memory (formatted at once, so later changes to their arguments do not
+    show), and the file and its directory do not exist."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path, self.stream, self.pending, self.dropped = path, None, [], 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self.stream is not None:
+                self.stream.write(line)
+                self.stream.flush()
+            elif len(self.pending) < _MAX_PENDING:
+                self.pending.append(line)
+            else:
+                self.dropped += 1
+        except Exception:  # logging must never raise into the program
+            self.handleError(record)
+
+    def open(self) -> bool:
+        """Creates the file and writes what waited; False if already open."""
+        if self.stream is not None:
+            return False
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.acquire()
+        try:
+            self.stream = open(self.path, "a", encoding="utf-8")
+            self.stream.writelines(self.pending)
+            if self.dropped:
+                self.stream.write(f"[{self.dropped} later records before the "
+                                  f"file was opened were dropped]\n")
+            self.stream.flush()
+            self.pending, self.dropped = [], 0
+        finally:
+            self.release()
+        return True
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
+            self.pending = []
+        finally:
+            self.release()
+        super().close()
 
 
 def _prints(handler: logging.Handler) -> bool:
@@ -152,18 +209,23 @@ def _verbosity_from_flags() -> int | None:
 
 
 def setup(workdir: str, verbosity: int | None = None,
-          from_flags: bool = True) -> str:
+          from_flags: bool = True, defer_file: bool = False) -> str:
     """Sends logs to the console and to a new file under workdir/logs.
 
     `verbosity` is absl's (0 info, -1 warning...); by default it is read from
-    the -v/--verbosity flag, None where the flag was not given. Returns the
-    log file's path. Calling it again replaces the earlier setup.
+    the -v/--verbosity flag, None where the flag was not given. With
+    `defer_file`, the file (and workdir/logs) is created only by
+    `open_log_file()`; records wait in memory until then. Returns the log
+    file's path. Calling it again replaces the earlier setup.
     """
     if verbosity is None and from_flags:
         verbosity = _verbosity_from_flags()
     level = console_level(verbosity)
+    if level > logging.INFO:
+        # datasets' tqdm bars ("Generating train split") are library
+        # progress, not ours; read when datasets is imported, which is later.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     directory = os.path.join(workdir, "logs")
-    os.makedirs(directory, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = os.path.join(directory, f"run-{stamp}-{os.getpid()}.log")
 
@@ -174,7 +236,7 @@ def setup(workdir: str, verbosity: int | None = None,
         handler.close()
     _installed.clear()
 
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = LogFileHandler(path)
     file_handler.setLevel(min(level, logging.INFO))
     file_format = logging.Formatter(
         "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s "
@@ -204,7 +266,37 @@ def setup(workdir: str, verbosity: int | None = None,
         elif not any(isinstance(f, _AfterImport) and f.name == name
                      for f in sys.meta_path):
             sys.meta_path.insert(0, _AfterImport(name, _adopt_library))
-    if level > logging.INFO:
-        progress_log(f"[logs] library logs go to {path} "
-                     "(--verbosity=0 shows them here)")
+    if not defer_file:
+        open_log_file()
     return path
+
+
+def open_log_file() -> str | None:
+    """Creates the log file of `setup(..., defer_file=True)` with what was
+    logged so far, and names it on the console; a no-op when it is open
+    already or when `setup` was not called (the tests, Colab)."""
+    for handler in _installed:
+        if (isinstance(handler, LogFileHandler)
+                and handler in logging.getLogger().handlers):
+            if handler.open() and _installed_console_level() > logging.INFO:
+                progress_log(f"[logs] library logs go to {handler.path} "
+                             "(--verbosity=0 shows them here)")
+            return handler.path
+    return None
+
+
+def to_log_file(level: int, message: str) -> None:
+    """A record for the log file only (if it is open), not the console."""
+    for handler in _installed:
+        if (isinstance(handler, LogFileHandler) and handler.stream is not None
+                and handler in logging.getLogger().handlers):
+            handler.handle(logging.LogRecord(
+                "w2s_jax", level, __file__, 0, message, None, None))
+
+
+def _installed_console_level() -> int:
+    """The installed console handler's level (WARNING if none)."""
+    for handler in _installed:
+        if not isinstance(handler, LogFileHandler):
+            return handler.level
+    return logging.WARNING

@@ -3,8 +3,10 @@
 Every process runs the same program on the same deterministic batch order;
 each builds only its own rows of a batch (`process_rows`), and only process
 0 writes files (stage records, results), which the others read after a
-barrier. The workdir must therefore be shared by all hosts (NFS, Filestore,
-a gcsfuse mount), as orbax's multi-host checkpoints also require.
+barrier. The workdir must therefore be shared by all hosts (NFS,
+Filestore), as orbax's multi-host checkpoints also require; not gcsfuse,
+whose directory renames are not atomic, which stage claims rely on
+(core/stages.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from w2s_jax.core import sharding
+from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 
 ENV_ENABLED = "W2S_DISTRIBUTED"
@@ -36,7 +39,7 @@ def initialize(config) -> None:
                                  "num_processes")
         process_id = _setting(cfg.process_id, -1, ENV_PROCESS_ID, "process_id")
         if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise ValueError(
+            raise UsageError(
                 f"a distributed run with coordinator {address!r} needs "
                 f"num_processes >= 1 and 0 <= process_id < num_processes, got "
                 f"num_processes={num_processes}, process_id={process_id}")
@@ -58,12 +61,12 @@ def _setting(value: int, unset: int, env: str, field: str) -> int:
         return value
     text = os.environ.get(env)
     if text is None:
-        raise ValueError(f"config.distributed.{field} is not set and neither "
+        raise UsageError(f"config.distributed.{field} is not set and neither "
                          f"is ${env}")
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"${env}={text!r} is not an integer") from None
+        raise UsageError(f"${env}={text!r} is not an integer") from None
 
 
 def is_primary() -> bool:

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -70,22 +71,22 @@ def make_mesh(axes: dict, devices=None) -> jax.sharding.Mesh:
     devices = list(jax.devices() if devices is None else devices)
     unknown = [name for name in axes if name not in MESH_AXES]
     if unknown:
-        raise ValueError(f"config.mesh has unknown axes {unknown}; valid "
+        raise UsageError(f"config.mesh has unknown axes {unknown}; valid "
                          f"axes: {list(MESH_AXES)}")
     sizes = [axes.get(name, 1) for name in MESH_AXES]
     if sizes.count(-1) > 1 or any(
             isinstance(s, bool) or not isinstance(s, int) or s == 0 or s < -1
             for s in sizes):
-        raise ValueError(f"config.mesh sizes must be positive integers, with "
+        raise UsageError(f"config.mesh sizes must be positive integers, with "
                          f"at most one -1; got {dict(axes)}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"config.mesh {dict(axes)}: {len(devices)} "
+            raise UsageError(f"config.mesh {dict(axes)}: {len(devices)} "
                              f"devices are not divisible by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs "
+        raise UsageError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs "
                          f"{math.prod(sizes)} devices, but {len(devices)} "
                          f"are available")
     return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,

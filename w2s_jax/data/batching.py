@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from w2s_jax.core.errors import DataError
 from w2s_jax.models.tokenizers import Tokenizer
 
 _LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
@@ -25,6 +26,8 @@ class Tokenized:
     """Token ids of every example, and which ones the over-length policy kept."""
     ids: list[np.ndarray]
     too_long: np.ndarray  # bool [N]: longer than max_ctx before the policy
+    # int [N]: tokens per example before truncation (None: not recorded)
+    full_lengths: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -40,14 +43,17 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], *, max_ctx: int,
     With 'drop', the caller removes `too_long` examples (counted and logged).
     """
     ids = tokenizer.encode(texts)
-    too_long = np.array([len(x) > max_ctx for x in ids], dtype=bool)
+    full_lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    too_long = full_lengths > max_ctx
     if overlength == "truncate":
         ids = [x[-max_ctx:] for x in ids]
     empty = [i for i, x in enumerate(ids) if not x]
     if empty:
-        raise ValueError(f"{len(empty)} examples tokenize to no tokens "
-                         f"(first: {texts[empty[0]]!r})")
-    return Tokenized([np.asarray(x, dtype=np.int32) for x in ids], too_long)
+        raise DataError(f"{len(empty)} examples tokenize to no tokens "
+                        f"(first: {texts[empty[0]]!r}); remove the rows with "
+                        f"empty text from the data")
+    return Tokenized([np.asarray(x, dtype=np.int32) for x in ids], too_long,
+                     full_lengths)
 
 
 def padded_length(length: int, max_ctx: int) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from w2s_jax.core.errors import DataError, UsageError
 from w2s_jax.data import sources
 from w2s_jax.data.tasks import ROW, Grouping, get_task
 
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 # Part of the carve-out's definition, not an experiment knob: every seed and
 # every run must see the same carved test set.
 CARVE_TEST_FRACTION = 0.2
+
+# (task, side, available, requested) already warned about: a sweep loads
+# the task once per seed and loss, the warning is worth one line.
+_WARNED_SHORT: set[tuple] = set()
 
 
 @dataclass
@@ -146,7 +151,7 @@ def _class_counts(labels: np.ndarray) -> dict[str, int]:
     return {str(c): int(np.sum(labels == c)) for c in (0, 1)}
 
 
-def _plan(spec, data_dir: str | None) -> dict:
+def plan_splits(spec, data_dir: str | None) -> dict:
     """Which splits to read, and whether to carve train/test out of one."""
     if data_dir is None:
         return {"source": "hub", "location": spec.hub_id,
@@ -171,7 +176,7 @@ def _plan(spec, data_dir: str | None) -> dict:
     elif len(have) == 1:
         source_split = have[0]
     else:
-        raise ValueError(
+        raise DataError(
             f"the mirror has neither split {spec.train_split!r} nor "
             f"{spec.test_split!r} of task {spec.name!r}, and more than one "
             f"other split to carve from: {', '.join(have)}")
@@ -196,7 +201,7 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
     labels = np.asarray([label for _, label in examples], dtype=np.int32)
     counts = _class_counts(labels)
     if min(counts.values()) == 0:
-        raise ValueError(
+        raise DataError(
             f"task {spec.name!r}, {side} side (split {split!r}): fewer than 2 "
             f"classes after formatting; class counts {counts}")
     info = {"split": split, "rows_read": len(rows),
@@ -207,9 +212,15 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
     info["class_counts_balanced"] = _class_counts(labels[kept])
     order = kept[rng.permutation(len(kept))]
     if n is not None and n > len(order):
-        log.warning("task %s: %s side has %d examples, fewer than the %d "
-                    "requested; using all of them", spec.name, side,
-                    len(order), n)
+        key = (spec.name, side, split, len(order), n)
+        if key not in _WARNED_SHORT:
+            _WARNED_SHORT.add(key)
+            field = "n_train" if side == "train" else "n_test"
+            log.warning("task %s: the %s side has %d examples%s, fewer than "
+                        "config.%s=%d; using all %d (the results record both "
+                        "as n_requested and n_used)", spec.name, side,
+                        len(order), " after class balancing" if balance else "",
+                        field, n, len(order))
     take = len(order) if n is None else min(n, len(order))
     chosen = take_first(labels, order, take, balanced=balance)
     info["n_requested"] = n
@@ -231,8 +242,8 @@ def load_task(name: str, *, data_dir: str | None, seed: int,
     spec = get_task(name)
     for field, n in (("n_train", n_train), ("n_test", n_test)):
         if n is not None and n <= 0:
-            raise ValueError(f"{field} must be positive or None, got {n}")
-    plan = _plan(spec, data_dir)
+            raise UsageError(f"{field} must be positive or None, got {n}")
+    plan = plan_splits(spec, data_dir)
     splits = plan["splits"]
     if plan["carve_out"] is None:
         train_rows = sources.load_raw(spec, splits["train"], data_dir)

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from w2s_jax.core import distributed
+from w2s_jax.core.errors import UsageError
 from w2s_jax.data import splits
 from w2s_jax.report import metrics
 
@@ -40,7 +41,7 @@ def validation_split(n: int, fraction: float, seed: int) -> ValidationSplit:
     """A seeded slice of `fraction` of n training positions (at least one)."""
     n_val = max(1, int(round(n * fraction)))
     if n_val >= n:
-        raise ValueError(f"config.early_stopping.val_fraction={fraction} "
+        raise UsageError(f"config.early_stopping.val_fraction={fraction} "
                          f"leaves no training examples out of {n}")
     order = np.random.default_rng([seed, splits.stable_hash("validation")]
                                   ).permutation(n)

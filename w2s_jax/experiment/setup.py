@@ -15,6 +15,7 @@ import numpy as np
 
 from w2s_jax import config as config_lib
 from w2s_jax.core import sharding, stages
+from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 from w2s_jax.data import sources, splits, tokenize
 from w2s_jax.models import registry
@@ -102,6 +103,13 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Context:
         {"train": data.train_texts, "test": data.test_texts},
         {"train": data.train_labels, "test": data.test_labels}, models,
         max_ctx=config.max_ctx, overlength=config.overlength, task=config.task)
+    pool = len(tokens.kept["train"])
+    if pool // 2 < config.train.batch_size:
+        raise UsageError(
+            f"config.train.batch_size={config.train.batch_size} is more than "
+            f"half the train pool ({pool} examples of task {config.task!r}, "
+            f"halves of {pool // 2}): no stage would train a full batch; raise "
+            f"config.n_train or lower config.train.batch_size")
     train_labels = data.train_labels[tokens.kept["train"]]
     test_labels = data.test_labels[tokens.kept["test"]]
     num_classes = max(2, int(train_labels.max()) + 1, int(test_labels.max()) + 1)
@@ -170,7 +178,7 @@ def _settings(model, model_cfg, config, mode) -> steps.TrainSettings:
                      or train_cfg.minibatch_size)
         minibatch, default_lr = min(minibatch, train_cfg.batch_size), model.default_lr
     if train_cfg.batch_size % minibatch:
-        raise ValueError(f"config.train.batch_size ({train_cfg.batch_size}) "
+        raise UsageError(f"config.train.batch_size ({train_cfg.batch_size}) "
                          f"must be a multiple of model {model.name!r}'s "
                          f"minibatch size ({minibatch})")
     return steps.TrainSettings(
@@ -188,6 +196,6 @@ def _check_divisible(config, mesh) -> None:
     for field in ("minibatch_size", "eval_batch_size"):
         value = config.train[field]
         if value % data_size:
-            raise ValueError(f"config.train.{field}={value} must be divisible "
+            raise UsageError(f"config.train.{field}={value} must be divisible "
                              f"by the mesh's batch split (data x fsdp axes) "
                              f"{data_size}")

@@ -17,6 +17,7 @@ import os
 import socket
 from typing import Any, Callable
 
+from w2s_jax.core.errors import ModelError, UsageError
 from w2s_jax.models import bert, bow, gpt2, llama, mpnet, offline, tokenizers, weights
 from w2s_jax.core.progress import log
 
@@ -112,6 +113,9 @@ CHECKPOINT_FILES = ("config.json", "*.safetensors", "model.safetensors.index.jso
                     "tokenizer.json", "tokenizer_config.json", "vocab.json",
                     "vocab.txt", "merges.txt", "special_tokens_map.json")
 BOW_VOCAB_SIZE = 5000
+# Any one of these makes a directory's tokenizer loadable.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 @dataclasses.dataclass
@@ -135,7 +139,7 @@ def _looks_like_hub_id(name: str) -> bool:
 def check_model_name(name: str, field: str = "model") -> None:
     if name in MODELS or os.path.isdir(name) or _looks_like_hub_id(name):
         return
-    raise ValueError(
+    raise UsageError(
         f"{field}={name!r} is not a known model, an existing checkpoint "
         f"directory, or a hub id of the form 'org/name'; known models: "
         f"{', '.join(sorted(MODELS))}")
@@ -161,19 +165,24 @@ def resolve(name: str) -> ResolvedModel:
         path, source = name, {"kind": "local_dir", "path": os.path.abspath(name)}
     else:
         path, source = find_checkpoint(spec.hub_id if spec else name)
-    with open(os.path.join(path, "config.json")) as f:
-        hf_config = json.load(f)
-    model_type = hf_config.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise ValueError(
-            f"model {name!r} has model_type={model_type!r}; supported model "
-            f"types: {', '.join(sorted(MODEL_TYPES))}")
-    family = MODEL_TYPES[model_type]
+    hf_config = check_checkpoint_dir(path, f"model {name!r}")
+    family = MODEL_TYPES[hf_config["model_type"]]
+    try:
+        backbone_config = FAMILIES[family].config_from_hf(hf_config)
+    except ValueError as err:
+        raise ModelError(f"model {name!r}: {os.path.join(path, 'config.json')} "
+                         f"describes a model this code cannot build: {err}"
+                         ) from None
+    try:
+        tokenizer = tokenizers.HFTokenizer(path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {name!r}: cannot load its tokenizer from "
+                         f"{path} ({type(err).__name__}: {err})") from None
     source["weights_sha256"] = _weights_digest(path)
     return ResolvedModel(
         name=name, family=family,
-        backbone_config=FAMILIES[family].config_from_hf(hf_config),
-        tokenizer=tokenizers.HFTokenizer(path),
+        backbone_config=backbone_config,
+        tokenizer=tokenizer,
         default_lr=spec.lr if spec else 1e-5,
         default_minibatch_size=spec.minibatch_size if spec else None,
         checkpoint_dir=path, source=source)
@@ -198,14 +207,102 @@ def find_checkpoint(hub_id: str) -> tuple[str, dict]:
         log(f"[models] {hub_id}: not on the hub or in its cache "
             f"({'offline' if local_only else 'unavailable'}); using the "
             f"offline package")
-        path = offline.checkpoint_dir(hub_id)
+        try:
+            path = offline.checkpoint_dir(hub_id)
+        except ImportError as err:  # its packages are not installed
+            raise ModelError(str(err)) from None
         return path, {"kind": "offline_package", "id": hub_id,
                       "packages": list(offline.OFFLINE_SOURCES[hub_id].packages)}
-    raise RuntimeError(
+    raise ModelError(
         f"could not fetch model {hub_id!r} from the Hugging Face hub or its "
         f"cache ({hub_error}). Pass a local checkpoint directory instead, or a "
         f"model that works offline: "
         f"{', '.join(sorted(offline_model_names()))}")
+
+
+def check_checkpoint_dir(path: str, what: str) -> dict:
+    """A checkpoint directory's config.json (returned), weights (headers
+    checked against the files' sizes) and tokenizer files, or ModelError
+    naming what is missing or damaged. Reads no tensors."""
+    names = sorted(os.listdir(path))
+    if not names:
+        raise ModelError(
+            f"{what}: the directory {path} is empty; a checkpoint directory "
+            f"holds config.json, {weights.SAFETENSORS_FILE} (or "
+            f"{weights.SAFETENSORS_INDEX} and its shards) and tokenizer files "
+            f"(tokenizer.json, or vocab.json and merges.txt, or vocab.txt), "
+            f"as save_pretrained(dir, safe_serialization=True) writes them")
+    weights.weight_files(path)
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ModelError(
+            f"{what}: {path} has weights but no config.json (it holds "
+            f"{', '.join(names)}); copy the model's config.json beside them")
+    try:
+        with open(config_file) as f:
+            hf_config = json.load(f)
+        if not isinstance(hf_config, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        raise ModelError(f"{what}: {config_file} is not a valid JSON object "
+                         f"({err})") from None
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ModelError(
+            f"{what}: {config_file} has model_type={model_type!r}; supported "
+            f"model types: {', '.join(sorted(MODEL_TYPES))}")
+    if not any(n in TOKENIZER_FILES for n in names):
+        raise ModelError(
+            f"{what}: {path} has no tokenizer files (one of "
+            f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
+            f"too (tokenizer.save_pretrained(dir))")
+    return hf_config
+
+
+def check_available(name: str, field: str) -> None:
+    """Before any work: a model directory is usable, and a hub model can
+    be had (hub reachable, or in its cache, or from an offline package).
+    ModelError naming the field, the model and the fixes otherwise. A
+    download that fails later is reported by `find_checkpoint`."""
+    spec = MODELS.get(name)
+    if spec is not None and (spec.random_config is not None
+                             or spec.family == BOW_FAMILY):
+        return
+    if os.path.isdir(name):
+        check_checkpoint_dir(name, f"{field}={name!r}")
+        return
+    hub_id = spec.hub_id if spec else name
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if not offline_env and _hub_reachable():
+        return
+    if _in_hub_cache(hub_id):
+        return
+    source = offline.OFFLINE_SOURCES.get(hub_id)
+    why = ("the hub is switched off here (HF_HUB_OFFLINE=1)" if offline_env
+           else "the hub is unreachable")
+    if source is not None:
+        absent = source.missing()
+        if not absent:
+            return
+        raise ModelError(f"{field}={name!r}: {offline._missing_message(source, absent)}")
+    as_dir = f"; there is no directory {name} here" if "/" in name else ""
+    model = f"{name!r} ({hub_id})" if hub_id != name else repr(name)
+    raise ModelError(
+        f"{field}={model} is not in the Hugging Face cache and {why}; no "
+        f"offline package provides it{as_dir}. To fix: run where the hub is "
+        f"reachable, or point --{field} at a local checkpoint directory "
+        f"(config.json, model.safetensors, tokenizer files), or use a model "
+        f"that works offline: {', '.join(sorted(offline_model_names()))}")
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    import huggingface_hub
+
+    try:
+        found = huggingface_hub.try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # a malformed id: not cached
+        return False
+    return isinstance(found, str)
 
 
 def offline_model_names() -> list[str]:
@@ -256,7 +353,7 @@ def block_name(model: ResolvedModel, layer: int) -> str:
     """Module name of the block whose output is layer `layer` (1-based)."""
     n = FAMILIES[model.family].num_layers(model.backbone_config)
     if not 1 <= layer <= n:
-        raise ValueError(f"feature_layer={layer} is not valid for {model.name} "
+        raise UsageError(f"feature_layer={layer} is not valid for {model.name} "
                          f"({n} layers); choose -1 (the output) or 1..{n}")
     return f"{FAMILIES[model.family].block_prefix}{layer - 1}"
 

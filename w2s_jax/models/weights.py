@@ -22,9 +22,15 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
+from w2s_jax.core.errors import ModelError
+
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
+                "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 # Checkpoint tensors that are legitimately left unused: task heads we replace
 # with our own, and GPT-2's old causal-mask buffers (`attn.bias` and
@@ -45,27 +51,120 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     if os.path.isfile(path):
         return _load_file(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"No checkpoint at {path!r}")
+        raise ModelError(f"no checkpoint at {path!r}: not a file or directory")
+    weight_files(path)  # names what is wrong with the directory's weights
     single = os.path.join(path, SAFETENSORS_FILE)
     if os.path.isfile(single):
         return _load_file(single)
-    index = os.path.join(path, SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-        return _load_sharded(path, index)
-    pickled = sorted(f for f in os.listdir(path) if f.endswith(_PICKLE_SUFFIXES))
-    if pickled:
-        raise ValueError(
-            f"{path!r} only has pickled weights ({', '.join(pickled)}), which are refused "
-            "because unpickling can execute arbitrary code. Convert it once, in a trusted "
-            "environment, with transformers: `AutoModel.from_pretrained(path)"
-            ".save_pretrained(out_dir, safe_serialization=True)`."
-        )
-    raise FileNotFoundError(f"{path!r} has neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}")
+    return _load_sharded(path, os.path.join(path, SAFETENSORS_INDEX))
+
+
+def weight_files(directory: str) -> list[str]:
+    """The safetensors files a checkpoint directory's weights are in,
+    each checked with `check_safetensors_file`; ModelError naming what is
+    wrong when there are none, only pickles, or damaged ones."""
+    single = os.path.join(directory, SAFETENSORS_FILE)
+    index = os.path.join(directory, SAFETENSORS_INDEX)
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        files = [os.path.join(directory, shard)
+                 for shard in _index_shards(index)]
+        for shard in files:
+            if not os.path.isfile(shard):
+                raise ModelError(
+                    f"{index} lists the shard {os.path.basename(shard)}, "
+                    f"which is not in {directory}; download or convert the "
+                    f"checkpoint again")
+    else:
+        names = sorted(os.listdir(directory))
+        pickled = [n for n in names if n.endswith(_PICKLE_SUFFIXES)]
+        others = [n for n in names if n.endswith(".safetensors")]
+        if pickled and not others:
+            more = f" (and {len(pickled) - 1} more)" if len(pickled) > 1 else ""
+            raise ModelError(
+                f"refusing to unpickle {os.path.join(directory, pickled[0])}"
+                f"{more}: {directory} has only pickled weights, and unpickling can "
+                f"run arbitrary code. Convert it to safetensors once, in a "
+                f"trusted environment: python -c \"from transformers import "
+                f"AutoModel; AutoModel.from_pretrained('{directory}')"
+                f".save_pretrained('{directory}', safe_serialization=True)\"")
+        found = f", found only {', '.join(others)}" if others else ""
+        raise ModelError(
+            f"{directory} has no weights: expected {SAFETENSORS_FILE} (or "
+            f"{SAFETENSORS_INDEX} and its shards){found}; it "
+            f"holds: {', '.join(names) if names else '(nothing)'}. A "
+            f"checkpoint directory is what save_pretrained(dir, "
+            f"safe_serialization=True) writes")
+    for filename in files:
+        check_safetensors_file(filename)
+    return files
+
+
+def _index_shards(index_file: str) -> list[str]:
+    try:
+        with open(index_file) as f:
+            weight_map = json.load(f)["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelError(f"{index_file} is not a safetensors index (a JSON "
+                         f"object with a weight_map): {type(err).__name__}: "
+                         f"{err}") from None
+
+
+def check_safetensors_file(filename: str) -> dict:
+    """The header of a safetensors file, checked against the file's size
+    without reading the tensors: ModelError naming the file if it is
+    truncated or not safetensors at all."""
+    again = "download or convert the checkpoint again"
+    size = os.path.getsize(filename)
+    if size < 8:
+        raise ModelError(f"{filename} is {size} bytes, too short for a "
+                         f"safetensors file; {again}")
+    with open(filename, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        if header_size > size - 8:
+            raise ModelError(
+                f"{filename} is truncated or not a safetensors file: its "
+                f"first 8 bytes announce a {header_size}-byte header, but the "
+                f"file has {size} bytes; {again}")
+        raw = f.read(header_size)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError too
+        raise ModelError(f"{filename}: its {header_size}-byte header is not "
+                         f"valid JSON ({err}); the file is damaged or not "
+                         f"safetensors; {again}") from None
+    data_size, end = size - 8 - header_size, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in info["data_offsets"])
+            count = int(np.prod([int(d) for d in info["shape"]]))
+            dtype = info["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{filename}: the header's entry for tensor "
+                             f"{name!r} is malformed ({info!r}); {again}") from None
+        if dtype in _DTYPE_BYTES and stop - begin != count * _DTYPE_BYTES[dtype]:
+            raise ModelError(f"{filename}: tensor {name!r} ({dtype}, shape "
+                             f"{info['shape']}) spans {stop - begin} bytes "
+                             f"instead of {count * _DTYPE_BYTES[dtype]}; {again}")
+        end = max(end, stop)
+    if end != data_size:
+        state = "truncated" if end > data_size else "longer than its header says"
+        raise ModelError(
+            f"{filename} is {state}: its header places tensor data up to byte "
+            f"{8 + header_size + end}, but the file has {size} bytes; {again}")
+    return header
 
 
 def _load_file(filename: str) -> dict[str, np.ndarray]:
     if not filename.endswith(".safetensors"):
-        raise ValueError(f"{filename!r} is not a .safetensors file")
+        raise ModelError(f"{filename!r} is not a .safetensors file")
+    check_safetensors_file(filename)
     return {name: _widen(t) for name, t in safetensors.numpy.load_file(filename).items()}
 
 

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from w2s_jax.core import checkpoint, distributed, sharding
+from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
 from w2s_jax.data import batching
 from w2s_jax.core.progress import Progress, log
@@ -72,8 +73,10 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     n_examples = len(lengths)
     steps_per_epoch = n_examples // settings.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"[{name}] {n_examples} training examples are "
-                         f"fewer than one batch of {settings.batch_size}")
+        raise UsageError(f"[{name}] {n_examples} training examples are "
+                         f"fewer than one batch of config.train.batch_size="
+                         f"{settings.batch_size}; raise config.n_train or "
+                         f"lower config.train.batch_size")
     total_steps = steps_per_epoch * settings.epochs
     n_micro = settings.batch_size // settings.minibatch_size
     tx = make_optimizer(settings, total_steps)

@@ -6,6 +6,7 @@ stages through experiment/stage.py, and declares the comparisons it
 reports (for each PGR: supervisor, student and ceiling stage). It knows
 nothing about meshes, files or caching.
 """
+from w2s_jax.core.errors import UsageError
 from w2s_jax.experiment.recipes import bootstrap, saliency, w2s
 
 RECIPES = {"w2s": w2s.run, "bootstrap": bootstrap.run, "saliency": saliency.run}
@@ -13,6 +14,6 @@ RECIPES = {"w2s": w2s.run, "bootstrap": bootstrap.run, "saliency": saliency.run}
 
 def get_recipe(name: str):
     if name not in RECIPES:
-        raise ValueError(f"config.recipe={name!r} is not valid; choose one "
+        raise UsageError(f"config.recipe={name!r} is not valid; choose one "
                          f"of: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from w2s_jax.core.errors import UsageError
 from w2s_jax.data import splits
 from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
 from w2s_jax.experiment.stage import train_stage
@@ -43,7 +44,7 @@ def pool_slices(half_b: np.ndarray, n_slices: int, pool: str,
     slices = [np.sort(half_b[np.isin(group_ids, part)])
               for part in np.split(unique[order], bounds)]
     if any(len(s) == 0 for s in slices):
-        raise ValueError(f"half B ({len(half_b)} examples) is too small for "
+        raise UsageError(f"half B ({len(half_b)} examples) is too small for "
                          f"{n_slices} disjoint bootstrap slices; use more "
                          f"data or config.bootstrap.pool=reuse_b")
     return slices
@@ -52,7 +53,7 @@ def pool_slices(half_b: np.ndarray, n_slices: int, pool: str,
 def run(ctx) -> RecipeOutput:
     config, n = ctx.config, len(ctx.models)
     if n < 3:
-        raise ValueError(f"the bootstrap recipe needs at least 3 models in "
+        raise UsageError(f"the bootstrap recipe needs at least 3 models in "
                          f"config.models (M1 < M2 < M3 ...), got {n}; with "
                          f"two models it is the w2s recipe")
     pool, kind = config.bootstrap.pool, config.weak_labels

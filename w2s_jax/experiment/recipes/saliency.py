@@ -20,6 +20,7 @@ compared with the supervisor against the finetune-on-gold ceiling.
 """
 from __future__ import annotations
 
+from w2s_jax.core.errors import UsageError
 from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
 from w2s_jax.experiment.stage import train_stage
 from w2s_jax.models import registry
@@ -31,7 +32,8 @@ def probe_layers(text: str, model) -> list[int]:
     if not text.strip():
         return [max(1, registry.num_layers(model) // 2), -1]
     from w2s_jax import config as config_lib
-    return config_lib.sweep_values(text, int)
+    return config_lib.sweep_values(text, int, "config.saliency.layers",
+                                   "3,-1")
 
 
 def run(ctx) -> RecipeOutput:
@@ -39,7 +41,7 @@ def run(ctx) -> RecipeOutput:
     strong = len(ctx.models) - 1
     model = ctx.models[strong]
     if model.family == registry.BOW_FAMILY:
-        raise ValueError("the saliency recipe needs a transformer as the "
+        raise UsageError("the saliency recipe needs a transformer as the "
                          "strong (last) model; got bow-tfidf")
     layers = probe_layers(config.saliency.layers, model)
     for layer in layers:
