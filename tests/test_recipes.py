@@ -256,3 +256,20 @@ def test_saliency_runs_five_strategies_and_probes_the_finetuned_model(mirror, tm
         assert probe["learner"]["finetuned_stage"] == results["stages"]["finetune_weak"]["key"]
         assert probe["train_data"][0] == stages.fingerprint(finetuned[half_a])
     assert results["recipe_details"]["layers"] == [1, -1]
+
+
+def test_early_stopping_holds_out_whole_groups():
+    from w2s_jax.data import splits
+    from w2s_jax.experiment import early_stopping
+
+    # One example per group: exactly a seeded random 10%, as before groups.
+    n = 200
+    val = early_stopping.validation_split(np.arange(n), 0.1, seed=3)
+    order = np.random.default_rng([3, splits.stable_hash("validation")]).permutation(n)
+    np.testing.assert_array_equal(val.held_out, np.sort(order[:20]))
+    np.testing.assert_array_equal(val.fit, np.sort(order[20:]))
+    # Groups of 4 (e.g. questions sharing a passage) stay on one side.
+    groups = np.repeat(np.arange(50), 4)
+    val = early_stopping.validation_split(groups, 0.1, seed=3)
+    assert not set(groups[val.held_out]) & set(groups[val.fit])
+    assert len(val.held_out) == 20 and len(val.fit) == 180

@@ -74,6 +74,13 @@ def _take_groups(ids: np.ndarray, rng: np.random.Generator,
     return taken[ids]
 
 
+def take_whole_groups(groups, rng: np.random.Generator, target: int) -> np.ndarray:
+    """A mask of about `target` rows made of whole groups, in a seeded
+    order; with one row per group, exactly the first `target` rows of
+    `rng.permutation(len(groups))`."""
+    return _take_groups(_first_appearance_ids(groups), rng, target)
+
+
 def carve(rows: list, task_name: str,
           test_fraction: float = CARVE_TEST_FRACTION,
           grouping: Grouping = ROW) -> tuple[list, list, dict]:

@@ -37,16 +37,24 @@ class ValidationSplit:
     held_out: np.ndarray  # positions held out for validation
 
 
-def validation_split(n: int, fraction: float, seed: int) -> ValidationSplit:
-    """A seeded slice of `fraction` of n training positions (at least one)."""
+def validation_split(groups: np.ndarray, fraction: float,
+                     seed: int) -> ValidationSplit:
+    """A seeded slice of about `fraction` of a stage's training positions
+    (at least one), whole groups only (`groups`: the group of each
+    position), so no held-out example shares a passage with one trained on;
+    with one example per group it is exactly a random `fraction`."""
+    n = len(groups)
     n_val = max(1, int(round(n * fraction)))
     if n_val >= n:
         raise UsageError(f"config.early_stopping.val_fraction={fraction} "
                          f"leaves no training examples out of {n}")
-    order = np.random.default_rng([seed, splits.stable_hash("validation")]
-                                  ).permutation(n)
-    return ValidationSplit(fit=np.sort(order[n_val:]),
-                           held_out=np.sort(order[:n_val]))
+    rng = np.random.default_rng([seed, splits.stable_hash("validation")])
+    held = splits.take_whole_groups(groups, rng, n_val)
+    if not held.any() or held.all():
+        raise UsageError(f"config.early_stopping.val_fraction={fraction}: the "
+                         f"stage's {n} examples fall into too few groups to "
+                         f"hold out whole groups for validation")
+    return ValidationSplit(fit=np.flatnonzero(~held), held_out=np.flatnonzero(held))
 
 
 def save_eval(directory: str, step: int, probs: dict[str, np.ndarray]) -> None:

@@ -55,7 +55,8 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
     es = config.early_stopping
     fit_idx, fit_targets, val = train_idx, targets, None
     if es.eval_every:
-        val = early_stopping.validation_split(len(train_idx), es.val_fraction,
+        val = early_stopping.validation_split(ctx.train_groups[train_idx],
+                                              es.val_fraction,
                                               config.seed)
         fit_idx, fit_targets = train_idx[val.fit], targets[val.fit]
     settings = learner.settings
