@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # What to run: a recipe from w2s_jax/experiment/recipes/ (w2s: weak ->
     # strong with a ceiling; bootstrap: a chain of models; saliency: probes
-    # and finetunes of one strong model).
+    # and finetunes of one strong model; synthetic: a rule-made supervisor
+    # with controlled errors, see config.synthetic).
     config.recipe = "w2s"
     # The models, weakest first: `weak` and `strong` are the two-model
     # shorthand. A config that needs more sets `models` to slots "m1", "m2",
@@ -94,6 +95,21 @@ def base_config() -> ml_collections.ConfigDict:
     # recipe=saliency: probe layers, e.g. "3,-1" (-1 = the output, k =
     # after block k); "" = the middle block and the output.
     config.saliency = ml_collections.ConfigDict({"layers": ""})
+    # recipe=synthetic: the supervisor is half B's (and the test set's) gold
+    # labels corrupted by a seeded rule (w2s_jax/train/synthetic.py), no
+    # model trained. `kind`: "flip" (each example wrong with probability
+    # error_rate), "class_conditional" (gold class c wrong with probability
+    # rates[c]; rates "" = all errors on class 0 at the rate giving
+    # error_rate overall), "length" (errors only on texts longer than the
+    # `length_quantile` of half B's character lengths) or "keyword" (errors
+    # only on texts the regex `keyword` matches, case-insensitive). The
+    # systematic kinds put round(error_rate * N) errors on matching
+    # examples, or all of them when fewer match (the results record the
+    # realised rate). `confidence`: the soft label's probability of the
+    # supervisor's class (1.0 = hard labels).
+    config.synthetic = ml_collections.ConfigDict({
+        "kind": "flip", "error_rate": 0.2, "rates": "",
+        "length_quantile": 0.5, "keyword": "", "confidence": 1.0})
     # Early stopping for every training stage: evaluate every `eval_every`
     # steps (0 = off) on the gold test set and on a validation slice
     # (`val_fraction` of the stage's own training examples, held out), and
@@ -198,6 +214,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     _check_choice("config.bootstrap.pool", config.bootstrap.pool, bootstrap.POOLS)
     _check_choice("config.weak_labels", config.weak_labels, labels.LABEL_KINDS)
     _check_recipe_models(config)
+    _check_synthetic(config)
     run_losses = sweep_values(config.losses, str) or [config.loss]
     set_params = {k: v for k, v in config.loss_params.to_dict().items()
                   if v is not None}
@@ -277,6 +294,41 @@ def _check_recipe_models(config) -> None:
         raise UsageError(
             "config.recipe='saliency' needs a transformer as the strong (last) "
             "model, got 'bow-tfidf'")
+
+
+def _check_synthetic(config) -> None:
+    """config.synthetic: each field in its range, whatever the recipe (a
+    sweep over kinds must not fail on its third run)."""
+    import re
+    from w2s_jax.train import synthetic
+    syn = config.synthetic
+    _check_choice("config.synthetic.kind", syn.kind, synthetic.KINDS)
+    if not 0.0 <= syn.error_rate <= 1.0:
+        raise UsageError(f"config.synthetic.error_rate={syn.error_rate!r} must "
+                         f"be in [0, 1] (the overall share of wrong labels)")
+    for rate in sweep_values(syn.rates, float, "config.synthetic.rates",
+                             "0.3,0.1"):
+        if not 0.0 <= rate <= 1.0:
+            raise UsageError(f"config.synthetic.rates={syn.rates!r}: {rate} is "
+                             f"not in [0, 1]; give one error rate per class, "
+                             f"e.g. --config.synthetic.rates=0.3,0.1")
+    if not 0.0 < syn.length_quantile < 1.0:
+        raise UsageError(f"config.synthetic.length_quantile="
+                         f"{syn.length_quantile!r} must be in (0, 1), e.g. 0.7 "
+                         f"(errors on the 30% longest texts)")
+    try:
+        re.compile(syn.keyword)
+    except re.error as err:
+        raise UsageError(f"config.synthetic.keyword={syn.keyword!r} is not a "
+                         f"valid regular expression: {err}") from None
+    if config.recipe == "synthetic" and syn.kind == "keyword" and not syn.keyword:
+        raise UsageError("config.synthetic.kind='keyword' needs a regex in "
+                         "config.synthetic.keyword, e.g. "
+                         "--config.synthetic.keyword='\\bthe\\b'")
+    if not 0.5 < syn.confidence <= 1.0:
+        raise UsageError(f"config.synthetic.confidence={syn.confidence!r} must "
+                         f"be in (0.5, 1] (the soft label's probability of the "
+                         f"supervisor's class; 1.0 = hard labels)")
 
 
 def check_config_flag(argv: list[str]) -> None:

@@ -7,9 +7,10 @@ reports (for each PGR: supervisor, student and ceiling stage). It knows
 nothing about meshes, files or caching.
 """
 from w2s_jax.core.errors import UsageError
-from w2s_jax.experiment.recipes import bootstrap, saliency, w2s
+from w2s_jax.experiment.recipes import bootstrap, saliency, synthetic, w2s
 
-RECIPES = {"w2s": w2s.run, "bootstrap": bootstrap.run, "saliency": saliency.run}
+RECIPES = {"w2s": w2s.run, "bootstrap": bootstrap.run, "saliency": saliency.run,
+           "synthetic": synthetic.run}
 
 
 def get_recipe(name: str):
