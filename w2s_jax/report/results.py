@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -19,8 +20,9 @@ import tempfile
 import numpy as np
 
 from w2s_jax.core import distributed
-from w2s_jax.report import metrics
+from w2s_jax.report import diagnostics, metrics
 
+logger = logging.getLogger(__name__)
 
 # Config fields that say how a run executes, not what it computes: a resumed
 # or multi-host run writes the same results file as a plain one.
@@ -32,7 +34,12 @@ def build_results(*, ctx, output) -> dict:
     and predictions only."""
     config, stages = ctx.config, output.stages
     test_labels = ctx.test_labels
-    gold_test = {name: stage.record["test_metrics"] for name, stage in stages.items()}
+    # Test ECE is computed here from the stored predictions, so stage keys
+    # and records stay as they were.
+    gold_test = {name: {**stage.record["test_metrics"],
+                        "ece": metrics.expected_calibration_error(
+                            stage.arrays["test_probs"], test_labels)}
+                 for name, stage in stages.items()}
     early = {name: stage.record["early_stopping"]
              for name, stage in stages.items() if "early_stopping" in stage.record}
     comparisons = {}
@@ -52,6 +59,7 @@ def build_results(*, ctx, output) -> dict:
                 ceiling.arrays["test_probs"], sup.arrays["test_probs"],
                 test_labels),
         }
+        entry.update(_comparison_diagnostics(comp, stages, test_labels))
         if early:
             entry["pgr_early_stopping"] = {
                 selection: {key: metrics.pgr(
@@ -60,6 +68,7 @@ def build_results(*, ctx, output) -> dict:
                     for key in ("accuracy", "auroc")}
                 for selection in SELECTION_LABELS}
         comparisons[comp.name] = entry
+    signal = _label_signal(output, comparisons)
     counts = ctx.tokens
     return {
         "recipe": config.recipe,
@@ -83,6 +92,7 @@ def build_results(*, ctx, output) -> dict:
         "gold_test": gold_test,
         "early_stopping": early,
         "comparisons": comparisons,
+        "label_signal": signal,
         "stages": {name: {
             "key": stage.key,
             "path": os.path.relpath(stage.path, ctx.workdir),
@@ -101,6 +111,60 @@ def build_results(*, ctx, output) -> dict:
                    for key, value in json.loads(config.to_json()).items()
                    if key not in RUN_ONLY_KEYS},
     }
+
+
+def _comparison_diagnostics(comp, stages, test_labels) -> dict:
+    """Bootstrap CI of the accuracy PGR and error kappa on the gold test
+    set; the misfit where the comparison names the student's predictions on
+    its training examples and the labels it trained on."""
+    correct = {role: stages[getattr(comp, role)].arrays["test_probs"].argmax(-1)
+               == test_labels for role in ("supervisor", "student", "ceiling")}
+    out = {"pgr_bootstrap": {"accuracy": diagnostics.bootstrap_pgr(
+               correct["supervisor"], correct["student"], correct["ceiling"])},
+           "error_kappa": diagnostics.error_kappa(correct["supervisor"],
+                                                  correct["student"])}
+    if comp.student_train_set and comp.weak_labels:
+        student = stages[comp.student].arrays
+        label_stage, label_set = comp.weak_labels
+        weak = stages[label_stage].arrays[f"{label_set}_probs"]
+        # Only the examples it fit: an early-stopping slice was held out.
+        fitted = np.ones(len(weak), bool)
+        if "val_positions" in student:
+            fitted[student["val_positions"]] = False
+        out["misfit"] = {
+            **diagnostics.misfit(
+                student[f"{comp.student_train_set}_probs"][fitted], weak[fitted]),
+            "supervisor_label_signal": diagnostics.label_signal(weak)}
+    return out
+
+
+def _label_signal(output, comparisons) -> dict:
+    """mean(max_c p_c) - 1/K of each stage's training targets and of each
+    comparison's supervisor soft labels (before any hardening); one warning
+    per run lists those under the threshold."""
+    per_stage = {}
+    for name, stage in output.stages.items():
+        num_classes = stage.arrays["test_probs"].shape[-1]
+        per_stage[name] = (stage.record["targets_quality"]["mean_confidence"]
+                           - 1.0 / num_classes)
+    supervisors = {name: comp["misfit"]["supervisor_label_signal"]
+                   for name, comp in comparisons.items() if "misfit" in comp}
+    threshold = diagnostics.LOW_SIGNAL_THRESHOLD
+    low = [f"{name} trained on targets with signal {value:.3f}"
+           for name, value in per_stage.items() if value < threshold]
+    # The supervisor's soft labels, where the student did not already show
+    # them (hard labels handed off hide how flat they were).
+    flagged = {name for name, value in per_stage.items() if value < threshold}
+    low += [f"comparison {name}: the supervisor's soft labels have signal "
+            f"{value:.3f}" for name, value in supervisors.items()
+            if value < threshold and comparisons[name]["student"] not in flagged]
+    if low:
+        logger.warning(
+            "labels carry little signal (mean max-class probability - 1/K; "
+            "binary: mean |p - 0.5|; threshold %.2f): %s. A student may "
+            "collapse towards the prior.", threshold, "; ".join(low))
+    return {"threshold": threshold, "stage_targets": per_stage,
+            "supervisor_labels": supervisors, "low": low}
 
 
 def run_name(results: dict) -> str:
@@ -152,8 +216,9 @@ def summary_table(results: dict) -> str:
         f"{' -> '.join(results['models'])}, loss {results['loss']}, "
         f"seed {results['seed']} ({data['n_test']} gold test examples)",
         "",
-        "| stage | model | trained on | label accuracy | label ECE | accuracy | AUROC |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | model | trained on | label accuracy | label ECE | accuracy | AUROC "
+        "| test ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in results["stage_order"]:
         stage = results["stages"][name]
@@ -161,7 +226,8 @@ def summary_table(results: dict) -> str:
                      f"{_fmt(stage['targets_quality']['accuracy'])} | "
                      f"{_fmt(stage['targets_quality']['ece'])} | "
                      f"{_fmt(gold[name]['accuracy'])} | "
-                     f"{_fmt(gold[name]['auroc'])} |")
+                     f"{_fmt(gold[name]['auroc'])} | "
+                     f"{_fmt(gold[name].get('ece'))} |")
     lines += ["", "| comparison | supervisor -> student (ceiling) | PGR (accuracy) "
               "| PGR (AUROC) | agreement | where supervisor right | where wrong |",
               "|---|---|---|---|---|---|---|"]
@@ -177,8 +243,38 @@ def summary_table(results: dict) -> str:
             f"{_fmt(agree['weak_correct'])} | {_fmt(agree['weak_wrong'])} |")
     if undefined:
         lines.append("\nPGR n/a: the ceiling does not beat the supervisor.")
+    if "label_signal" in results:
+        lines += ["", diagnostics_table(results)]
     if results["early_stopping"]:
         lines += ["", early_stopping_table(results)]
+    return "\n".join(lines)
+
+
+def diagnostics_table(results: dict) -> str:
+    """PGR interval, error kappa and misfit per comparison; low-signal labels."""
+    lines = ["Diagnostics: PGR (accuracy) 95% bootstrap interval over gold test "
+             "examples; error kappa = Cohen's kappa of the two models' "
+             "right/wrong on test (0: errors shared only as chance implies); "
+             "misfit = the student vs its weak labels on its own training "
+             "examples (mean KL(weak || student), argmax disagreement).", "",
+             "| comparison | PGR 95% CI | error kappa | misfit KL | "
+             "misfit disagreement |", "|---|---|---|---|---|"]
+    for name in results["comparison_order"]:
+        comp = results["comparisons"][name]
+        boot = comp["pgr_bootstrap"]["accuracy"]
+        interval = ("n/a" if boot["low"] is None else
+                    f"[{boot['low']:.2f}, {boot['high']:.2f}]")
+        if boot["n_undefined"]:
+            interval += f" ({boot['n_undefined']} of {boot['n_resamples']} undefined)"
+        fit = comp.get("misfit", {})
+        lines.append(f"| {name} | {interval} | "
+                     f"{_fmt(comp['error_kappa']['kappa'])} | "
+                     f"{_fmt(fit.get('kl'))} | {_fmt(fit.get('disagreement'))} |")
+    signal = results["label_signal"]
+    if signal["low"]:
+        lines.append(f"\nWARNING, labels with little signal (mean max-class "
+                     f"probability - 1/K below {signal['threshold']}): "
+                     + "; ".join(signal["low"]) + ".")
     return "\n".join(lines)
 
 

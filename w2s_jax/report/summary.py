@@ -3,13 +3,16 @@
 The paper's convention: gold accuracies are averaged over seeds first and
 PGR is computed from the means ("PGR of means"); the per-seed PGRs give the
 spread. ± is the SAMPLE standard deviation over seeds (n - 1 in the
-denominator), as papers report it; undefined for a single seed.
+denominator), as papers report it; undefined for a single seed. The 95%
+interval over seeds is a Student-t interval on the per-seed PGRs
+(report/diagnostics.py: seed_interval; a bootstrap over 3-5 seeds has too
+few distinct resamples).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from w2s_jax.report import metrics, results as results_lib
+from w2s_jax.report import diagnostics, metrics, results as results_lib
 
 
 def spread(values) -> dict:
@@ -40,6 +43,9 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             entry["stages"][stage] = {
                 key: spread([r["gold_test"][stage][key] for r in results])
                 for key in ("accuracy", "auroc")}
+            if all("ece" in r["gold_test"][stage] for r in results):
+                entry["stages"][stage]["test_ece"] = spread(
+                    [r["gold_test"][stage]["ece"] for r in results])
         for name in results[0]["comparison_order"]:
             comp = results[0]["comparisons"][name]
             roles = {role: comp[role] for role in ("supervisor", "student", "ceiling")}
@@ -52,6 +58,16 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
                                      metrics.pgr(*means)),
                     "pgr_per_seed": spread([r["comparisons"][name]["pgr"][key]
                                             for r in results])}
+            comp_entry["accuracy"]["pgr_seed_interval"] = diagnostics.seed_interval(
+                [r["comparisons"][name]["pgr"]["accuracy"] for r in results])
+            per_run = [r["comparisons"][name] for r in results]
+            if all("error_kappa" in c for c in per_run):
+                comp_entry["error_kappa"] = spread(
+                    [c["error_kappa"]["kappa"] for c in per_run])
+            if all("misfit" in c for c in per_run):
+                comp_entry["misfit"] = {
+                    part: spread([c["misfit"][part] for c in per_run])
+                    for part in ("kl", "disagreement")}
             comp_entry["agreement"] = {
                 part: spread([r["comparisons"][name]["agreement"][part]
                               for r in results])
@@ -92,6 +108,12 @@ def _pgr_spread(s: dict) -> str:
     return text
 
 
+def _interval(s) -> str:
+    if s is None or s["low"] is None:
+        return "n/a"
+    return f"[{s['low']:.2f}, {s['high']:.2f}]"
+
+
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -104,9 +126,10 @@ def summary_table(summary: dict) -> str:
              "averages gold accuracies over seeds first, as the paper does.",
              "",
              "| loss | comparison | supervisor acc | student acc | ceiling acc | "
-             "PGR (of mean acc) | PGR per seed [min, max] | PGR AUROC (of means) "
-             "| agreement student/supervisor |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "PGR (of mean acc) | PGR per seed [min, max] | PGR 95% CI over "
+             "seeds (t) | PGR AUROC (of means) | agreement student/supervisor "
+             "| error kappa | misfit KL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for loss, entry in summary["losses"].items():
         for name, comp in entry["comparisons"].items():
             acc = {role: entry["stages"][comp[role]]["accuracy"]
@@ -116,8 +139,11 @@ def summary_table(summary: dict) -> str:
                 f"{_pm(acc['student'])} | {_pm(acc['ceiling'])} | "
                 f"{_f(comp['accuracy']['pgr_of_means'])} | "
                 f"{_pgr_spread(comp['accuracy']['pgr_per_seed'])} | "
+                f"{_interval(comp['accuracy'].get('pgr_seed_interval'))} | "
                 f"{_f(comp['auroc']['pgr_of_means'])} | "
-                f"{_pm(comp['agreement']['overall'])} |")
+                f"{_pm(comp['agreement']['overall'])} | "
+                f"{_pm(comp['error_kappa']) if 'error_kappa' in comp else 'n/a'} | "
+                f"{_pm(comp['misfit']['kl']) if 'misfit' in comp else 'n/a'} |")
     early = [(loss, name, comp) for loss, entry in summary["losses"].items()
              for name, comp in entry["comparisons"].items()
              if "pgr_early_stopping" in comp]

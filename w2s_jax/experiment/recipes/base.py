@@ -9,11 +9,19 @@ from w2s_jax.core import stages
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """One PGR: `student`, trained on labels that start with `supervisor`,
-    against `ceiling` (the student's model on gold)."""
+    against `ceiling` (the student's model on gold).
+
+    For the misfit diagnostic (report/diagnostics.py), a recipe may name
+    the student's predictions on its own training examples
+    (`student_train_set`: the student stage's `<set>_probs`) and the labels
+    it trained on, in the same order (`weak_labels`: (stage, set), that
+    stage's `<set>_probs`)."""
     name: str
     supervisor: str
     student: str
     ceiling: str
+    student_train_set: str | None = None
+    weak_labels: tuple[str, str] | None = None
 
 
 @dataclasses.dataclass

@@ -82,13 +82,14 @@ def run(ctx) -> RecipeOutput:
     student = train_stage(
         ctx, "w2s", ctx.learner(strong), train_idx=half_b,
         targets=np.asarray(supervisor.arrays["B_probs"], np.float32),
-        loss_name=config.loss, model_index=strong,
+        loss_name=config.loss, model_index=strong, predict={"train": half_b},
         description=f"synthetic labels ({describe(rule)}), half B "
                     f"({len(half_b)})")
     return RecipeOutput(
         stages={"synthetic": supervisor, "w2s": student, "ceiling": ceiling},
         comparisons=[Comparison("w2s", supervisor="synthetic", student="w2s",
-                                ceiling="ceiling")],
+                                ceiling="ceiling", student_train_set="train",
+                                weak_labels=("synthetic", "B"))],
         details={"rule": rule_spec(rule),
                  "realised": supervisor.record["synthetic"],
                  "halves": {"A": len(half_a), "B": len(half_b)},

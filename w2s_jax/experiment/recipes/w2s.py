@@ -28,10 +28,14 @@ def run(ctx) -> RecipeOutput:
         ctx, "w2s", ctx.learner(strong), train_idx=half_b,
         targets=labels.hand_off(weak.arrays["B_probs"], config.weak_labels),
         loss_name=config.loss, model_index=strong,
+        # Its predictions on its own training examples, for the misfit
+        # (predicting more does not change training).
+        predict={"train": half_b},
         description=f"{config.weak_labels} weak labels, half B ({len(half_b)})")
     return RecipeOutput(
         stages={"weak": weak, "w2s": student, "ceiling": ceiling},
         comparisons=[Comparison("w2s", supervisor="weak", student="w2s",
-                                ceiling="ceiling")],
+                                ceiling="ceiling", student_train_set="train",
+                                weak_labels=("weak", "B"))],
         details={"halves": {"A": len(half_a), "B": len(half_b)},
                  "ceiling_half": config.ceiling_half})
