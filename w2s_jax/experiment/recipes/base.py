@@ -29,3 +29,29 @@ class RecipeOutput:
     stages: dict[str, stages.StageResult]  # in the order tables show them
     comparisons: list[Comparison]
     details: dict = dataclasses.field(default_factory=dict)  # JSON, recipe-specific
+
+
+def ceiling_stage(ctx, learner=None, name: str = "ceiling"):
+    """The last model (or `learner`) trained on gold labels of
+    config.ceiling_half: every recipe's ceiling, shared through the cache."""
+    from w2s_jax.experiment.stage import train_stage
+
+    half = ctx.config.ceiling_half
+    idx = ctx.halves()[0 if half == "A" else 1]
+    strong = len(ctx.models) - 1
+    return train_stage(
+        ctx, name, learner or ctx.learner(strong), train_idx=idx,
+        targets=ctx.gold(idx), loss_name="xent", model_index=strong,
+        description=f"gold, half {half} ({len(idx)})")
+
+
+def weak_stage(ctx):
+    """The first model on gold half A, predicting half B: the weak labels
+    of every recipe that trains its supervisor."""
+    from w2s_jax.experiment.stage import train_stage
+
+    half_a, half_b = ctx.halves()
+    return train_stage(
+        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
+        loss_name="xent", predict={"B": half_b}, model_index=0,
+        description=f"gold, half A ({len(half_a)})")

@@ -21,7 +21,8 @@ import numpy as np
 
 from w2s_jax.core.errors import UsageError
 from w2s_jax.data import splits
-from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
+from w2s_jax.experiment.recipes.base import (Comparison, RecipeOutput, ceiling_stage,
+                                              weak_stage)
 from w2s_jax.experiment.stage import train_stage
 from w2s_jax.train import labels
 
@@ -63,10 +64,7 @@ def run(ctx) -> RecipeOutput:
     def on_b(probs_b, subset):  # rows of a half-B prediction for `subset`
         return probs_b[np.searchsorted(half_b, subset)]
 
-    weak = train_stage(
-        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
-        loss_name="xent", predict={"B": half_b}, model_index=0,
-        description=f"gold, half A ({len(half_a)})")
+    weak = weak_stage(ctx)
     stages = {"weak": weak}
     supervisor_probs = on_b(weak.arrays["B_probs"], slices[0])
     for k in range(1, n):  # model index k = link k+1
@@ -88,11 +86,7 @@ def run(ctx) -> RecipeOutput:
         loss_name=config.loss, model_index=n - 1,
         description=f"{kind} labels of {ctx.model_name(0)}, slice {n - 1} "
                     f"of half B ({len(slices[-1])})")
-    ceiling_idx = half_a if config.ceiling_half == "A" else half_b
-    stages["ceiling"] = train_stage(
-        ctx, "ceiling", ctx.learner(n - 1), train_idx=ceiling_idx,
-        targets=ctx.gold(ceiling_idx), loss_name="xent", model_index=n - 1,
-        description=f"gold, half {config.ceiling_half} ({len(ceiling_idx)})")
+    stages["ceiling"] = ceiling_stage(ctx)
     return RecipeOutput(
         stages=stages,
         comparisons=[

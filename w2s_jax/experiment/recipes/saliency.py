@@ -21,7 +21,8 @@ compared with the supervisor against the finetune-on-gold ceiling.
 from __future__ import annotations
 
 from w2s_jax.core.errors import UsageError
-from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
+from w2s_jax.experiment.recipes.base import (Comparison, RecipeOutput, ceiling_stage,
+                                              weak_stage)
 from w2s_jax.experiment.stage import train_stage
 from w2s_jax.models import registry
 from w2s_jax.train import labels
@@ -51,17 +52,11 @@ def run(ctx) -> RecipeOutput:
     gold_idx = half_a if config.ceiling_half == "A" else half_b
     gold_desc = f"gold, half {config.ceiling_half} ({len(gold_idx)})"
     weak_desc = f"{config.weak_labels} weak labels, half B ({len(half_b)})"
-    weak = train_stage(
-        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
-        loss_name="xent", predict={"B": half_b}, model_index=0,
-        description=f"gold, half A ({len(half_a)})")
+    weak = weak_stage(ctx)
     weak_labels = labels.hand_off(weak.arrays["B_probs"], config.weak_labels)
     stages = {"weak": weak}
     finetuner = ctx.learner(strong, mode="finetune")
-    stages["finetune_gold"] = train_stage(
-        ctx, "finetune_gold", finetuner, train_idx=gold_idx,
-        targets=ctx.gold(gold_idx), loss_name="xent", model_index=strong,
-        description=gold_desc)
+    stages["finetune_gold"] = ceiling_stage(ctx, finetuner, "finetune_gold")
     finetuned = train_stage(
         ctx, "finetune_weak", finetuner, train_idx=half_b, targets=weak_labels,
         loss_name=config.loss, model_index=strong, description=weak_desc,

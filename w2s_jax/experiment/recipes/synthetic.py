@@ -24,7 +24,7 @@ from w2s_jax.core import stages
 from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 from w2s_jax.data import splits
-from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
+from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput, ceiling_stage
 from w2s_jax.experiment.stage import train_stage
 from w2s_jax.report import metrics
 from w2s_jax.train import synthetic
@@ -74,11 +74,7 @@ def run(ctx) -> RecipeOutput:
     half_a, half_b = ctx.halves()
     rule = rule_of(config)
     supervisor = synthetic_stage(ctx, rule, half_b)
-    ceiling_idx = half_a if config.ceiling_half == "A" else half_b
-    ceiling = train_stage(
-        ctx, "ceiling", ctx.learner(strong), train_idx=ceiling_idx,
-        targets=ctx.gold(ceiling_idx), loss_name="xent", model_index=strong,
-        description=f"gold, half {config.ceiling_half} ({len(ceiling_idx)})")
+    ceiling = ceiling_stage(ctx)
     student = train_stage(
         ctx, "w2s", ctx.learner(strong), train_idx=half_b,
         targets=np.asarray(supervisor.arrays["B_probs"], np.float32),

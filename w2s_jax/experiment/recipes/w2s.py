@@ -6,7 +6,8 @@
 """
 from __future__ import annotations
 
-from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput
+from w2s_jax.experiment.recipes.base import (Comparison, RecipeOutput, ceiling_stage,
+                                              weak_stage)
 from w2s_jax.experiment.stage import train_stage
 from w2s_jax.train import labels
 
@@ -15,15 +16,8 @@ def run(ctx) -> RecipeOutput:
     config = ctx.config
     strong = len(ctx.models) - 1
     half_a, half_b = ctx.halves()
-    weak = train_stage(
-        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
-        loss_name="xent", predict={"B": half_b}, model_index=0,
-        description=f"gold, half A ({len(half_a)})")
-    ceiling_idx = half_a if config.ceiling_half == "A" else half_b
-    ceiling = train_stage(
-        ctx, "ceiling", ctx.learner(strong), train_idx=ceiling_idx,
-        targets=ctx.gold(ceiling_idx), loss_name="xent", model_index=strong,
-        description=f"gold, half {config.ceiling_half} ({len(ceiling_idx)})")
+    weak = weak_stage(ctx)
+    ceiling = ceiling_stage(ctx)
     student = train_stage(
         ctx, "w2s", ctx.learner(strong), train_idx=half_b,
         targets=labels.hand_off(weak.arrays["B_probs"], config.weak_labels),
