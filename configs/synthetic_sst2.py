@@ -6,13 +6,14 @@ No weak model is trained: half B's gold labels (and the test set's, for
 PGR and agreement) are corrupted by a seeded rule, `config.synthetic`
 (README "Recipes"). The error rate is fixed at 0.2, about the MiniLM-L6
 supervisor's in the quickstart (0.79-0.83 accuracy); only the structure
-changes. One command per structure; with one workdir the ceiling and the
-MPNet features are computed once and shared:
+changes. Every structure in one command and one table (with one workdir
+the ceiling and the MPNet features are computed once and shared):
 
-    for kind in flip length keyword class_conditional; do
-      python -m w2s_jax.main --config=configs/synthetic_sst2.py \
-          --workdir=runs/synthetic --config.synthetic.kind=$kind
-    done
+    python -m w2s_jax.main --config=configs/synthetic_sst2.py \
+        --workdir=runs/synthetic \
+        --config.synthetic.kinds=flip,length,keyword,class_conditional
+
+or one structure alone: --config.synthetic.kind=length.
 
     flip               each label wrong with probability 0.2
     length             the 20% errors all on the 30% longest sentences

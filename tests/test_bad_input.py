@@ -187,6 +187,15 @@ CASES = [
     _c("saliency-layers-not-integers",
        f"{GOOD} --config.recipe=saliency --config.saliency.layers=3,top", 2,
        "config.saliency.layers='3,top'", "'top'"),
+    _c("generative-text-unknown", f"{GOOD} --config.generative.epochs=1 "
+       "--config.generative.text=labels", 2, "config.generative.text='labels'",
+       "pool", "completions"),
+    _c("generative-on-an-encoder", f"{GOOD} --config.generative.epochs=1 "
+       "--config.weak.name=minilm-l3 --config.strong.name=minilm-l6", 2,
+       "config.generative.epochs=1", "'minilm-l6'", "bert", "smollm2-135m"),
+    _c("generative-completions-without-pairs", f"{GOOD} "
+       "--config.generative.epochs=1 --config.generative.text=completions", 2,
+       "config.generative.text='completions'", "anthropic_hh", "'sst2'"),
     # Flags and config files (usage, 2).
     _c("flag-value-not-an-int", f"{GOOD} --config.train.epochs=abc", 2,
        "--config.train.epochs=abc", "int"),

@@ -235,3 +235,47 @@ def test_w2s_run_diagnostics_recompute_from_stored_arrays(mirror, tmp_path):  # 
                        loss_name="xent", model_index=1, description="no predict set")
     assert bare.key != results["stages"]["w2s"]["key"]
     np.testing.assert_array_equal(bare.arrays["test_probs"], arrays["w2s"]["test_probs"])
+
+
+def test_by_level_matches_a_hand_count():
+    correct = [True, False, True, True, False]
+    levels = ["hard", "hard", "easy", "hard", "easy"]
+    assert diagnostics.by_level(correct, levels) == {
+        "easy": {"n": 2, "accuracy": 0.5},
+        "hard": {"n": 3, "accuracy": pytest.approx(2 / 3)}}
+
+
+def test_accuracy_by_difficulty_recomputes_from_stored_arrays(
+        mirror, tmp_path, monkeypatch):  # noqa: F811
+    """A task with a difficulty field (here sst2 given one: the film's
+    number) gets accuracy per level for every stage and PGR per level."""
+    import dataclasses
+
+    from w2s_jax.data import tasks
+    spec = tasks.TASKS["sst2"]
+    monkeypatch.setitem(tasks.TASKS, "sst2", dataclasses.replace(
+        spec, difficulty=lambda row: "odd" if row["idx"] % 2 else "even"))
+    config = _config(mirror, _bow(), _frozen(), loss="xent")
+    out = run.run(config, str(tmp_path))
+    by = out["accuracy_by_difficulty"]
+    ctx = setup.build(config, str(tmp_path))
+    # The level of each kept test example, from its own text ("number <idx>").
+    numbers = np.array([int(t.rsplit(" ", 1)[1]) for t in ctx.texts["test"]])
+    levels = np.where(numbers % 2, "odd", "even")
+    np.testing.assert_array_equal(ctx.test_difficulty, levels)
+    accuracy = {}
+    for name in ("weak", "w2s", "ceiling"):
+        _, arrays = _stage(str(tmp_path), out, name)
+        right = arrays["test_probs"].argmax(-1) == ctx.test_labels
+        accuracy[name] = {}
+        for level in ("even", "odd"):
+            accuracy[name][level] = right[levels == level].mean()
+            assert by["stages"][name][level] == {
+                "n": int((levels == level).sum()),
+                "accuracy": pytest.approx(accuracy[name][level])}
+    for level in ("even", "odd"):
+        weak, w2s, ceiling = (accuracy[s][level] for s in ("weak", "w2s", "ceiling"))
+        expected = (w2s - weak) / (ceiling - weak) if ceiling > weak else None
+        assert by["pgr"]["w2s"][level] == (pytest.approx(expected)
+                                           if expected is not None else None)
+    assert "Accuracy by difficulty level" in run.table(out)

@@ -100,20 +100,33 @@ def test_logconf_ties_break_by_batch_index(prior1, class1_rows):
     np.testing.assert_array_equal(np.asarray(stats["hardened"])[:, 1], expected)
 
 
-def test_harden_balanced_multiclass_prior_correction():
-    # Batch mean of p = [0.5, 0.2375, 0.2625]; with a uniform prior the
-    # argmax is of p / mean:
-    #   row 0: [1.00, 1.26, 0.76] -> 1   row 1: [1.20, 0.84, 0.76] -> 0
-    #   row 2: [0.80, 1.47, 0.95] -> 1   row 3: [1.00, 0.42, 1.52] -> 2
-    # (the plain argmax would put every row in class 0).
-    probs = jnp.array([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2],
-                       [0.4, 0.35, 0.25], [0.5, 0.1, 0.4]])
+def test_harden_balanced_multiclass_quotas_by_hand():
+    # Uniform prior over a batch of 6: quotas 2/2/2. Pairs by decreasing p:
+    # (0,c0) .7  (1,c0) .6  (2,c0) .55 [c0 full]  (3,c1) .5  (2,c1) .4
+    # (4,c0) .4 [full]  (5,c2) .4  (4,c1) .35 [full]  (3,c0)... (4,c2) .25
+    probs = jnp.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.55, 0.4, 0.05],
+                       [0.3, 0.5, 0.2], [0.4, 0.35, 0.25], [0.3, 0.3, 0.4]])
     hard = np.asarray(losses.harden_balanced(probs, jnp.full(3, 1 / 3)))
-    np.testing.assert_array_equal(hard, np.eye(3)[[1, 0, 1, 2]])
-    # Prior [0.2, 0.4, 0.4] multiplies those ratios; row 1 becomes
-    # [0.24, 0.34, 0.30] -> 1, the other rows keep their class.
-    hard = np.asarray(losses.harden_balanced(probs, jnp.array([0.2, 0.4, 0.4])))
-    np.testing.assert_array_equal(hard, np.eye(3)[[1, 1, 1, 2]])
+    np.testing.assert_array_equal(hard, np.eye(3)[[0, 0, 1, 1, 2, 2]])
+    # Prior [0.5, 0.25, 0.25]: quotas 3/1.5/1.5 -> 3, 2, 1 (the remainder
+    # tie between classes 1 and 2 goes to the lower one).
+    np.testing.assert_array_equal(
+        losses.class_quotas(jnp.array([0.5, 0.25, 0.25]), 6), [3, 2, 1])
+    hard = np.asarray(losses.harden_balanced(probs, jnp.array([0.5, 0.25, 0.25])))
+    np.testing.assert_array_equal(hard, np.eye(3)[[0, 0, 0, 1, 1, 2]])
+    np.testing.assert_array_equal(hard.sum(0), [3, 2, 1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_harden_balanced_multiclass_counts_match_quotas(seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(4), size=32).astype(np.float32)
+    prior = rng.dirichlet(np.ones(4)).astype(np.float32)
+    hard = np.asarray(losses.harden_balanced(jnp.asarray(probs), jnp.asarray(prior)))
+    assert (hard.sum(1) == 1).all()
+    quotas = np.asarray(losses.class_quotas(jnp.asarray(prior), 32))
+    assert quotas.sum() == 32 and np.abs(quotas - prior / prior.sum() * 32).max() < 1
+    np.testing.assert_array_equal(hard.sum(0), quotas)
 
 
 # ---- alpha schedule -------------------------------------------------------

@@ -79,7 +79,8 @@ def test_summarize_predictions():
     # positives 0.7, 0.4 vs negatives 0.1, 0.8 -> wins (0.7>0.1), (0.4>0.1).
     got = metrics.summarize_predictions(probs, [0, 1, 1, 0])
     assert got == {"accuracy": 0.5, "auroc": 0.5, "n": 4}
-    assert metrics.summarize_predictions(np.eye(3), [0, 1, 2])["auroc"] is None
+    # K > 2: macro one-vs-rest; a perfect one-hot ranking scores 1.
+    assert metrics.summarize_predictions(np.eye(3), [0, 1, 2])["auroc"] == 1.0
 
 
 def test_expected_calibration_error_by_hand():
@@ -90,3 +91,21 @@ def test_expected_calibration_error_by_hand():
     expected = (2 * abs(0.5 - 0.95) + 1 * abs(1.0 - 0.6)) / 3
     assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
     assert metrics.expected_calibration_error([[0.0, 1.0]] * 4, [1] * 4) == 0.0
+
+
+def test_macro_auroc_is_the_mean_of_one_vs_rest_pair_counts():
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6],
+                      [0.4, 0.4, 0.2], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4]])
+    labels = np.array([0, 1, 2, 1, 2, 0])
+    per_class = [_brute_force_auroc(probs[:, c].tolist(), (labels == c).tolist())
+                 for c in range(3)]
+    assert metrics.macro_auroc(probs, labels) == pytest.approx(np.mean(per_class))
+    # Class 0: positives .7, .5 beat every negative (.2 .1 .4 .3) -> 1.0.
+    assert per_class[0] == 1.0
+    assert metrics.summarize_predictions(probs, labels)["auroc"] == pytest.approx(
+        np.mean(per_class))
+    # A class absent from the labels is skipped, not counted as undefined.
+    assert metrics.macro_auroc(probs[:, :3], np.array([0, 1, 1, 0, 1, 0])) == \
+        pytest.approx(np.mean([_brute_force_auroc(probs[:, c].tolist(),
+                                                  (np.array([0, 1, 1, 0, 1, 0]) == c).tolist())
+                               for c in (0, 1)]))

@@ -69,6 +69,13 @@ def _stage(workdir, results, name):
         return record, {k: z[k] for k in z.files}
 
 
+def _kl(labels, student, eps=1e-12):
+    """Mean KL(labels || student) over rows, written out."""
+    labels, student = np.asarray(labels, np.float64), np.asarray(student, np.float64)
+    return float(np.mean(np.sum(labels * (np.log(labels + eps) - np.log(student + eps)),
+                                axis=1)))
+
+
 def _auroc_by_pairs(scores, labels):
     """P(score_pos > score_neg) + P(tie)/2 over all pairs: no shared code."""
     pos, neg = scores[labels == 1], scores[labels == 0]
@@ -167,6 +174,15 @@ def test_bootstrap_chain_hands_each_link_its_predecessors_labels(mirror, tmp_pat
                                             stages.fingerprint(handed(on_b[1]))]
     assert set(results["comparisons"]) == {"chain", "direct"}
     assert results["recipe_details"]["pool"] == pool
+    # Misfit: each student's predictions on its own slice against the soft
+    # labels it learnt from (link2's for the chain, M1's rows for direct).
+    for comp, student, labels in (("chain", "link3", arrays["link2"]["next_probs"]),
+                                  ("direct", "direct", on_b[1])):
+        fit = results["comparisons"][comp]["misfit"]
+        assert fit["disagreement"] == pytest.approx(np.mean(
+            arrays[student]["train_probs"].argmax(-1) != labels.argmax(-1)))
+        assert fit["kl"] == pytest.approx(_kl(labels, arrays[student]["train_probs"]),
+                                          rel=1e-5)
 
 
 def test_early_stopping_answers_come_from_the_stored_evaluations(mirror, tmp_path):
@@ -256,6 +272,12 @@ def test_saliency_runs_five_strategies_and_probes_the_finetuned_model(mirror, tm
         assert probe["learner"]["finetuned_stage"] == results["stages"]["finetune_weak"]["key"]
         assert probe["train_data"][0] == stages.fingerprint(finetuned[half_a])
     assert results["recipe_details"]["layers"] == [1, -1]
+    # Misfit only for the students of weak labels, against half B's labels.
+    fitted = {name for name, comp in results["comparisons"].items() if "misfit" in comp}
+    assert fitted == {"finetune_weak", "probe_weak@1", "probe_weak@-1"}
+    for name in fitted:
+        assert results["comparisons"][name]["misfit"]["kl"] == pytest.approx(
+            _kl(arrays["weak"]["B_probs"], arrays[name]["train_probs"]), rel=1e-5)
 
 
 def test_early_stopping_holds_out_whole_groups():

@@ -197,3 +197,30 @@ def test_synthetic_recipe_student_trains_on_the_rules_labels(mirror, tmp_path,  
     assert results["recipe_details"]["rule"]["kind"] == kind
     # A rerun reuses every stage and writes the same results.
     assert run.run(config, workdir) == results
+
+
+def test_synthetic_kinds_run_every_structure_in_one_table(mirror, tmp_path):  # noqa: F811
+    """config.synthetic.kinds: one supervisor and student per kind, each
+    the same labels as that kind run alone, all against one ceiling."""
+    fields = dict(recipe="synthetic", loss="xent", synthetic__error_rate=0.25,
+                  synthetic__keyword="good|great")
+    config = _config(mirror, _frozen(), synthetic__kinds="flip,keyword", **fields)
+    workdir = str(tmp_path)
+    results = run.run(config, workdir)
+    check_results_from_arrays(workdir, results)
+    assert results["stage_order"] == ["synthetic_flip", "w2s_flip", "synthetic_keyword",
+                                      "w2s_keyword", "ceiling"]
+    assert results["comparison_order"] == ["w2s_flip", "w2s_keyword"]
+    for kind in ("flip", "keyword"):
+        alone = run.run(_config(mirror, _frozen(), synthetic__kind=kind, **fields),
+                        str(tmp_path / kind))
+        # The same rule makes the same labels, so the supervisor stage is the
+        # very one the single-kind run trained (one cache key).
+        assert results["stages"][f"synthetic_{kind}"]["key"] == alone["stages"]["synthetic"]["key"]
+        assert results["recipe_details"]["kinds"][kind]["realised"] == \
+            alone["recipe_details"]["realised"]
+        assert results["gold_test"][f"w2s_{kind}"]["accuracy"] == pytest.approx(
+            alone["gold_test"]["w2s"]["accuracy"])
+    config.synthetic.kinds = "flip,noise"
+    with pytest.raises(UsageError, match="config.synthetic.kinds='noise'"):
+        config_lib.validate(config)

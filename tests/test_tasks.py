@@ -6,8 +6,12 @@ import pytest
 
 from w2s_jax.data import sources, tasks
 
-EXPECTED_TASKS = ["amazon_polarity", "anthropic_hh", "boolq", "cosmos_qa", "cr",
-                  "ethics_justice", "ethics_utilitarianism", "sciq", "sst2"]
+EXPECTED_TASKS = ["amazon_polarity", "anli", "anli_3way", "anthropic_hh", "boolq",
+                  "cola", "cosmos_qa", "cr", "dream", "ethics_deontology",
+                  "ethics_justice", "ethics_utilitarianism", "ethics_virtue",
+                  "hellaswag", "mc_taco", "multirc", "openbookqa", "paws", "piqa",
+                  "quail", "quartz", "sciq", "social_i_qa", "sst2",
+                  "tweet_eval_sentiment", "tweet_eval_sentiment_3way", "wic"]
 
 
 class ScriptedCoins:
@@ -255,7 +259,15 @@ def test_every_task_names_its_grouping():
         "amazon_polarity": "text", "anthropic_hh": "first_human_turn",
         "boolq": "passage_overlap", "cosmos_qa": "context", "cr": "text",
         "ethics_justice": "scenario", "ethics_utilitarianism": "either_scenario",
-        "sciq": "question", "sst2": "row"}
+        "sciq": "question", "sst2": "row",
+        "anli": "premise", "anli_3way": "premise", "cola": "sentence",
+        "dream": "dialogue", "ethics_deontology": "scenario",
+        "ethics_virtue": "sentence", "hellaswag": "context_or_source",
+        "mc_taco": "sentence", "multirc": "paragraph", "openbookqa": "question",
+        "paws": "either_sentence", "piqa": "goal", "quail": "context",
+        "quartz": "paragraph", "social_i_qa": "context",
+        "tweet_eval_sentiment": "text", "tweet_eval_sentiment_3way": "text",
+        "wic": "either_sentence"}
     # sst2 keeps one row per group: its halves A/B must not move.
     assert tasks.TASKS["sst2"].grouping is tasks.ROW
     rows = [{"sentence": "same", "label": 1, "idx": i} for i in range(3)]

@@ -17,7 +17,7 @@ OVERLENGTH_POLICIES = ("drop", "truncate")
 CEILING_HALVES = ("A", "B")
 LR_SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeros", "normal", "unembedding")
-MODES = ("finetune", "features")
+MODES = ("finetune", "features", "reward")
 POOLINGS = ("", "last", "mean", "first")
 # Below this many tokens every example is cut to almost nothing.
 MIN_CTX = 8
@@ -37,7 +37,10 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     cfg.linear_probe = False
     cfg.head_init = "zeros"
     # "finetune" trains the model; "features" trains a linear head on frozen
-    # features extracted once (cached): the release's vision-style probe.
+    # features extracted once (cached): the release's vision-style probe;
+    # "reward" trains a reward model on preference pairs (tasks with
+    # completions, e.g. anthropic_hh): a scalar head scores each completion
+    # and P(A preferred) = sigmoid(r(A) - r(B)), as the paper does.
     cfg.mode = "finetune"
     cfg.pooling = ""  # "" = the family's default: last (decoders), mean (encoders)
     cfg.feature_layer = -1  # features mode: -1 = the output, k = after block k
@@ -49,7 +52,15 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """The public release's defaults (w2s_facts.md section 2)."""
     config = ml_collections.ConfigDict()
-    config.task = "sciq"
+    config.task = "sciq"  # a registered task, or "file:<path>" (see task_fields)
+    # A task from a local file (--config.task=file:data.jsonl, .csv or
+    # .parquet): which columns hold the text, the 0/1 label, an optional
+    # second text (pairs), an optional list of candidates (multiple choice:
+    # label = the right one's index) and an optional group id
+    # (w2s_jax/data/user_tasks.py).
+    config.task_fields = ml_collections.ConfigDict({
+        "text": "text", "label": "label", "text_pair": "", "choices": "",
+        "group": ""})
     # A local mirror laid out as <dir>/<task>/<split>.jsonl; "" means the
     # W2S_DATA_DIR environment variable, and if that is unset, the hub.
     config.data_dir = ""
@@ -107,9 +118,41 @@ def base_config() -> ml_collections.ConfigDict:
     # examples, or all of them when fewer match (the results record the
     # realised rate). `confidence`: the soft label's probability of the
     # supervisor's class (1.0 = hard labels).
+    # `kinds` (e.g. "flip,length,keyword,class_conditional"; "" = just
+    # `kind`) runs one supervisor and student per kind in one run and one
+    # table, all at the same error rate: which errors a student imitates,
+    # in one command.
     config.synthetic = ml_collections.ConfigDict({
-        "kind": "flip", "error_rate": 0.2, "rates": "",
+        "kind": "flip", "kinds": "", "error_rate": 0.2, "rates": "",
         "length_quantile": 0.5, "keyword": "", "confidence": 1.0})
+    # recipe=ensemble: every model but the last (m1 .. m(n-1)) is trained on
+    # gold half A; their predictions on half B, combined by `combine`
+    # ("mean" probability, or "vote": the one-hot majority of their argmaxes,
+    # ties broken by the mean), supervise the last model, as does each
+    # supervisor alone for comparison. recipe=cosupervision (Liu & Alahi
+    # 2024) uses the same supervisors and reroutes each example to the one
+    # its student agrees with most, `rounds` times (w2s_jax/train/supervisors.py).
+    config.ensemble = ml_collections.ConfigDict({"combine": "mean"})
+    config.cosupervision = ml_collections.ConfigDict({"rounds": 2})
+    # recipe=prompting (decoders): the last model scores each test example
+    # by the next-token log-probability of each class's verbalizer
+    # (`verbalizers`, "|"-separated in class order, each one token), after
+    # `instruction` and `shots` demonstrations from half B labelled with
+    # gold or with the weak model's labels, each rendered by `template`
+    # ({text}) followed by its verbalizer; demonstrations are dropped from
+    # the left until the prompt fits config.max_ctx. `calibrate` divides
+    # by the content-free prior (the prompt with text "N/A").
+    config.prompting = ml_collections.ConfigDict({
+        "shots": 8, "verbalizers": " No| Yes", "template": "{text}\nAnswer:",
+        "instruction": "", "calibrate": False})
+    # Generative finetuning (decoders): with `epochs` > 0, the last model is
+    # first trained with the next-token loss on the task's own text (no
+    # labels; `text`: "pool" = every train-pool text), and those weights
+    # start both its ceiling and its weak-to-strong stages, as in the paper.
+    # `lr` None = the model's finetuning lr.
+    config.generative = ml_collections.ConfigDict({
+        "epochs": 0, "text": "pool",
+        "lr": ml_collections.FieldReference(None, field_type=float)})
     # Early stopping for every training stage: evaluate every `eval_every`
     # steps (0 = off) on the gold test set and on a validation slice
     # (`val_fraction` of the stage's own training examples, held out), and
@@ -188,7 +231,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     from w2s_jax.models import registry
 
     _check_keys(config, base_config(), prefix="config")
-    _check_choice("config.task", config.task, tasks.task_names())
+    from w2s_jax.data import user_tasks
+    if not user_tasks.is_file_task(config.task):
+        _check_choice("config.task", config.task,
+                      tasks.task_names() + [f"{user_tasks.PREFIX}<path>"])
+    elif config.task_fields.text_pair and config.task_fields.choices:
+        raise UsageError("config.task_fields.text_pair and .choices are both "
+                         "set; a file is either pairs of texts or multiple "
+                         "choice: leave one empty")
     _check_choice("config.loss", config.loss, sorted(losses.LOSSES))
     for loss in sweep_values(config.losses, str, "config.losses"):
         _check_choice("config.losses", loss, sorted(losses.LOSSES))
@@ -207,14 +257,26 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         registry.check_model_name(model.name, field=f"{field}.name")
         _check_choice(f"{field}.head_init", model.head_init, HEAD_INITS)
         _check_choice(f"{field}.mode", model.mode, MODES)
+        if model.mode == "reward":
+            _check_reward(config, field, model)
         _check_choice(f"{field}.pooling", model.pooling, POOLINGS)
     from w2s_jax.experiment import recipes
     from w2s_jax.experiment.recipes import bootstrap
     _check_choice("config.recipe", config.recipe, sorted(recipes.RECIPES))
     _check_choice("config.bootstrap.pool", config.bootstrap.pool, bootstrap.POOLS)
+    from w2s_jax.train import supervisors
+    _check_choice("config.ensemble.combine", config.ensemble.combine,
+                  supervisors.COMBINES)
+    if config.cosupervision.rounds < 1:
+        raise UsageError(f"config.cosupervision.rounds="
+                         f"{config.cosupervision.rounds!r} must be a positive "
+                         f"integer (how many times the examples are rerouted "
+                         f"after round 0), e.g. 2")
     _check_choice("config.weak_labels", config.weak_labels, labels.LABEL_KINDS)
     _check_recipe_models(config)
     _check_synthetic(config)
+    _check_generative(config)
+    _check_prompting(config)
     run_losses = sweep_values(config.losses, str) or [config.loss]
     set_params = {k: v for k, v in config.loss_params.to_dict().items()
                   if v is not None}
@@ -290,10 +352,47 @@ def _check_recipe_models(config) -> None:
             f"config.recipe='bootstrap' needs at least 3 models in "
             f"config.models (m1 < m2 < m3 ..., see configs/bootstrap_sst2.py), "
             f"got {len(models)}; with two models use config.recipe='w2s'")
+    if config.recipe in ("ensemble", "cosupervision") and len(models) < 2:
+        raise UsageError(
+            f"config.recipe={config.recipe!r} needs at least 2 models in "
+            f"config.models (supervisors m1 .. m(n-1), then the student), got "
+            f"{len(models)}")
     if config.recipe == "saliency" and models[-1].name == "bow-tfidf":
         raise UsageError(
             "config.recipe='saliency' needs a transformer as the strong (last) "
             "model, got 'bow-tfidf'")
+    if config.recipe == "prompting":
+        _check_last_is_decoder(config, "config.recipe='prompting' needs a "
+                                       "decoder as the last model")
+
+
+def _check_prompting(config) -> None:
+    """config.prompting, whatever the recipe (a sweep must not fail late)."""
+    import string
+    p = config.prompting
+    if isinstance(p.shots, bool) or not isinstance(p.shots, int) or p.shots < 0:
+        raise UsageError(f"config.prompting.shots={p.shots!r} must be an "
+                         f"integer >= 0 (demonstrations per prompt; 0 = "
+                         f"zero-shot only)")
+    entries = p.verbalizers.split("|")
+    if len(entries) < 2 or not all(entries):
+        raise UsageError(f"config.prompting.verbalizers={p.verbalizers!r} "
+                         f"must be at least 2 non-empty verbalizers separated "
+                         f"by '|', one per class in class order, e.g. "
+                         f"' negative| positive'")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(p.template)
+                  if name is not None}
+        if fields == {"text"}:  # a bad conversion or spec ("{text:d}")
+            p.template.format(text="")
+    except ValueError as err:  # unbalanced braces, or the above
+        fields = {f"<{type(err).__name__}: {err}>"}
+    if fields != {"text"}:
+        raise UsageError(f"config.prompting.template={p.template!r} must "
+                         f"contain {{text}} and no other field (found "
+                         f"{', '.join(sorted(fields)) or 'none'}; write a "
+                         f"literal brace as {{{{ or }}}}), e.g. "
+                         f"'Review: {{text}}\nSentiment:'")
 
 
 def _check_synthetic(config) -> None:
@@ -303,6 +402,13 @@ def _check_synthetic(config) -> None:
     from w2s_jax.train import synthetic
     syn = config.synthetic
     _check_choice("config.synthetic.kind", syn.kind, synthetic.KINDS)
+    kinds = sweep_values(syn.kinds, str, "config.synthetic.kinds",
+                         "flip,length")
+    for kind in kinds:
+        _check_choice("config.synthetic.kinds", kind, synthetic.KINDS)
+    if len(set(kinds)) != len(kinds):
+        raise UsageError(f"config.synthetic.kinds={syn.kinds!r} names a kind "
+                         f"twice")
     if not 0.0 <= syn.error_rate <= 1.0:
         raise UsageError(f"config.synthetic.error_rate={syn.error_rate!r} must "
                          f"be in [0, 1] (the overall share of wrong labels)")
@@ -321,7 +427,8 @@ def _check_synthetic(config) -> None:
     except re.error as err:
         raise UsageError(f"config.synthetic.keyword={syn.keyword!r} is not a "
                          f"valid regular expression: {err}") from None
-    if config.recipe == "synthetic" and syn.kind == "keyword" and not syn.keyword:
+    if (config.recipe == "synthetic" and "keyword" in (kinds or [syn.kind])
+            and not syn.keyword):
         raise UsageError("config.synthetic.kind='keyword' needs a regex in "
                          "config.synthetic.keyword, e.g. "
                          "--config.synthetic.keyword='\\bthe\\b'")
@@ -329,6 +436,59 @@ def _check_synthetic(config) -> None:
         raise UsageError(f"config.synthetic.confidence={syn.confidence!r} must "
                          f"be in (0.5, 1] (the soft label's probability of the "
                          f"supervisor's class; 1.0 = hard labels)")
+
+
+def _check_reward(config, field: str, model) -> None:
+    """Mode reward scores each completion of a pair: the task must hold
+    completions, and the scalar head has no label tokens to start from."""
+    from w2s_jax.data import tasks
+    if config.task not in tasks.COMPLETIONS:
+        raise UsageError(
+            f"{field}.mode='reward' scores the two completions of a preference "
+            f"pair, but task {config.task!r} has no completions; tasks with "
+            f"completions: {', '.join(sorted(tasks.COMPLETIONS))}")
+    if model.head_init == "unembedding":
+        raise UsageError(
+            f"{field}.head_init='unembedding' starts the head from label "
+            f"tokens, but mode='reward' has a scalar reward head; use 'zeros' "
+            f"or 'normal'")
+
+
+def _check_generative(config) -> None:
+    from w2s_jax.experiment import generative
+    gen = config.generative
+    if gen.epochs < 0:
+        raise UsageError(f"config.generative.epochs={gen.epochs!r} must be >= 0 "
+                         f"(0 = no generative finetuning)")
+    _check_choice("config.generative.text", gen.text, generative.TEXTS)
+    from w2s_jax.data import tasks
+    if gen.text == "completions" and config.task not in tasks.COMPLETIONS:
+        raise UsageError(
+            f"config.generative.text='completions' needs a task whose examples "
+            f"hold completions to compare ({', '.join(sorted(tasks.COMPLETIONS))}"
+            f"); task {config.task!r} has none: use 'pool'")
+    if gen.lr is not None and gen.lr <= 0:
+        raise UsageError(f"config.generative.lr={gen.lr!r} must be positive, or "
+                         f"None for the model's finetuning lr")
+    if gen.epochs:
+        _check_last_is_decoder(
+            config, f"config.generative.epochs={gen.epochs} trains the last "
+                    f"model as a language model (or set "
+                    f"--config.generative.epochs=0)")
+
+
+def _check_last_is_decoder(config, why: str) -> None:
+    """The last model is a decoder, where its registry name tells the
+    family; a hub id or directory is checked once loaded
+    (registry.check_tied_decoder)."""
+    from w2s_jax.models import registry
+    last = model_list(config)[-1].name
+    spec = registry.MODELS.get(last)
+    if spec is not None and spec.family not in registry.DECODER_FAMILIES:
+        decoders = sorted(n for n, m in registry.MODELS.items()
+                          if m.family in registry.DECODER_FAMILIES)
+        raise UsageError(f"{why}; {last!r} is a {spec.family} model. "
+                         f"Decoders: {', '.join(decoders)}")
 
 
 def check_config_flag(argv: list[str]) -> None:

@@ -33,7 +33,7 @@ def resolve_data_dir(config_value: str | None) -> str | None:
 
 def mirror_task_dir(spec: TaskSpec, data_dir: str) -> Path:
     """The task's directory in the mirror; raises if the mirror lacks it."""
-    task_dir = Path(data_dir) / spec.name
+    task_dir = Path(data_dir) / (spec.mirror_name or spec.name)
     if not task_dir.is_dir():
         root = Path(data_dir)
         held = (sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -70,7 +70,7 @@ def load_raw(spec: TaskSpec, split: str, data_dir: str | None) -> list[dict]:
         try:
             dataset = datasets.load_dataset(
                 spec.hub_id, spec.hub_config, data_dir=spec.hub_data_dir,
-                split=split)
+                revision=spec.hub_revision, split=split)
         except Exception as err:  # the hub raises many types; all mean "not here"
             raise DataError(_hub_message(spec, split, err)) from None
         return dataset.to_list()
@@ -101,7 +101,8 @@ def check_hub_dataset(spec: TaskSpec) -> None:
 
     try:
         datasets.load_dataset_builder(spec.hub_id, spec.hub_config,
-                                      data_dir=spec.hub_data_dir)
+                                      data_dir=spec.hub_data_dir,
+                                      revision=spec.hub_revision)
     except Exception as err:  # the hub raises many types; all mean "not here"
         raise DataError(_hub_message(spec, None, err)) from None
 
@@ -114,6 +115,8 @@ def _hub_message(spec: TaskSpec, split: str | None, err: Exception) -> str:
              f"the dataset is not in its cache" if offline else
              "the hub is unreachable or refused it")
     what = f"{spec.hub_id}, split {split!r}" if split else spec.hub_id
+    if spec.hub_revision:
+        what += f", revision {spec.hub_revision!r}"
     return (f"could not read task {spec.name!r} ({what}) from the Hugging "
             f"Face hub: {where} "
             f"({type(err).__name__}: {detail}). To fix: {_MIRROR_HINT}, or "
@@ -174,10 +177,11 @@ def _check_row(spec: TaskSpec, row: dict, rng, path: Path, number: int):
             f"{path}, line {number}: task {spec.name!r} cannot read the row "
             f"({type(err).__name__}: {err}); the row: {_excerpt(json.dumps(row))}"
         ) from None
-    if example is not None and example[1] not in (0, 1):
+    if example is not None and example[1] not in range(spec.num_classes):
         raise DataError(
             f"{path}, line {number}: label {example[1]!r}; task "
-            f"{spec.name!r} is binary, labels must be 0 or 1")
+            f"{spec.name!r} has {spec.num_classes} classes, labels must be "
+            f"0 to {spec.num_classes - 1}")
 
 
 def _excerpt(text: str, limit: int = 120) -> str:

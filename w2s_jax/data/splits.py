@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2s_jax.core.errors import DataError, UsageError
-from w2s_jax.data import sources
+from w2s_jax.data import sources, user_tasks
 from w2s_jax.data.tasks import ROW, Grouping, get_task
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class TaskData:
     # row each train example came from; pass it to split_halves so that the
     # halves A/B never share a group.
     train_groups: np.ndarray
+    # Aligned with test_texts: each example's difficulty level (str), where
+    # the task has a difficulty field (TaskSpec.difficulty); else None.
+    test_difficulty: np.ndarray | None = None
 
 
 def stable_hash(text: str) -> int:
@@ -107,28 +110,32 @@ def carve(rows: list, task_name: str,
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx], info
 
 
-def balance_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a 50/50 subset: every minority example and a seeded choice
-    of as many majority examples, in their original order."""
-    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+def balance_indices(labels: np.ndarray, rng: np.random.Generator,
+                    num_classes: int = 2) -> np.ndarray:
+    """Indices of a balanced subset (50/50 for two classes): every example
+    of the rarest class and a seeded choice of as many of each other class,
+    in their original order."""
+    by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
     keep = min(len(idx) for idx in by_class)
     chosen = [rng.choice(idx, size=keep, replace=False) for idx in by_class]
     return np.sort(np.concatenate(chosen))
 
 
 def take_first(labels: np.ndarray, order: np.ndarray, n: int,
-               balanced: bool) -> np.ndarray:
+               balanced: bool, num_classes: int = 2) -> np.ndarray:
     """The first n of a shuffled `order`. When `balanced`, the first of each
-    class instead, n//2 apiece (the odd one goes to the class that comes
-    first in `order`), so a small sample of a balanced pool is balanced too."""
+    class instead, n // K apiece (the n % K left over go one each to the
+    classes that come first in `order`), so a small sample of a balanced
+    pool is balanced too."""
     if not balanced:
         return order[:n]
     in_order = labels[order]
-    quota = {c: n // 2 for c in (0, 1)}
-    if n % 2:
-        quota[int(in_order[0])] += 1
+    quota = {c: n // num_classes for c in range(num_classes)}
+    _, first = np.unique(in_order, return_index=True)
+    for c in in_order[np.sort(first)][:n % num_classes]:
+        quota[int(c)] += 1
     picked = np.zeros(len(order), dtype=bool)
-    for c in (0, 1):
+    for c in range(num_classes):
         picked[np.flatnonzero(in_order == c)[:quota[c]]] = True
     return order[picked]
 
@@ -154,8 +161,8 @@ def split_halves(n: int, seed: int,
     return np.flatnonzero(in_a), np.flatnonzero(~in_a)
 
 
-def _class_counts(labels: np.ndarray) -> dict[str, int]:
-    return {str(c): int(np.sum(labels == c)) for c in (0, 1)}
+def _class_counts(labels: np.ndarray, num_classes: int = 2) -> dict[str, int]:
+    return {str(c): int(np.sum(labels == c)) for c in range(num_classes)}
 
 
 def plan_splits(spec, data_dir: str | None) -> dict:
@@ -164,6 +171,7 @@ def plan_splits(spec, data_dir: str | None) -> dict:
         return {"source": "hub", "location": spec.hub_id,
                 "hub_config": spec.hub_config,
                 "hub_data_dir": spec.hub_data_dir,
+                "hub_revision": spec.hub_revision,
                 "splits": {"train": spec.train_split, "test": spec.test_split},
                 "carve_out": None}
     have = sources.available_mirror_splits(spec, data_dir)
@@ -206,17 +214,22 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
     examples, source_rows = spec.format_rows_indexed(rows, rng)
     texts = [text for text, _ in examples]
     labels = np.asarray([label for _, label in examples], dtype=np.int32)
-    counts = _class_counts(labels)
+    k = spec.num_classes
+    bad = labels[(labels < 0) | (labels >= k)]
+    if len(bad):
+        raise DataError(f"task {spec.name!r}: label {int(bad[0])} is outside "
+                        f"its {k} classes 0..{k - 1}")
+    counts = _class_counts(labels, k)
     if min(counts.values()) == 0:
         raise DataError(
             f"task {spec.name!r}, {side} side (split {split!r}): fewer than 2 "
             f"classes after formatting; class counts {counts}")
     info = {"split": split, "rows_read": len(rows),
             "examples_formatted": len(labels), "class_counts_formatted": counts}
-    kept = (balance_indices(labels, rng) if balance
+    kept = (balance_indices(labels, rng, k) if balance
             else np.arange(len(labels)))
     info["examples_balanced"] = len(kept)
-    info["class_counts_balanced"] = _class_counts(labels[kept])
+    info["class_counts_balanced"] = _class_counts(labels[kept], k)
     order = kept[rng.permutation(len(kept))]
     if n is not None and n > len(order):
         key = (spec.name, side, split, len(order), n)
@@ -229,34 +242,44 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
                         len(order), " after class balancing" if balance else "",
                         field, n, len(order))
     take = len(order) if n is None else min(n, len(order))
-    chosen = take_first(labels, order, take, balanced=balance)
+    chosen = take_first(labels, order, take, balanced=balance, num_classes=k)
     info["n_requested"] = n
     info["n_used"] = len(chosen)
-    info["class_counts"] = _class_counts(labels[chosen])
+    info["class_counts"] = _class_counts(labels[chosen], k)
     return ([texts[i] for i in chosen], labels[chosen], source_rows[chosen],
             info)
 
 
 def load_task(name: str, *, data_dir: str | None, seed: int,
               n_train: int | None, n_test: int | None,
-              balance: bool = True) -> TaskData:
+              balance: bool = True, task_fields: dict | None = None) -> TaskData:
     """The train pool and gold test set of task `name`.
 
     data_dir: a mirror directory, or None for the hub (resolve a config
     value with `sources.resolve_data_dir` first). n_train / n_test: sizes
-    to take after balancing, None = all.
+    to take after balancing, None = all. A `file:<path>` task reads that
+    file with `task_fields` (data/user_tasks.py) and carves it.
     """
-    spec = get_task(name)
     for field, n in (("n_train", n_train), ("n_test", n_test)):
         if n is not None and n <= 0:
             raise UsageError(f"{field} must be positive or None, got {n}")
-    plan = plan_splits(spec, data_dir)
+    if user_tasks.is_file_task(name):
+        spec = user_tasks.spec_for(name, task_fields or {})
+        plan = {**user_tasks.provenance(spec.hub_id),
+                "splits": {"train": "file", "test": "file"},
+                "carve_out": {"from_split": "file",
+                              "reason": "a user file is one split"}}
+    else:
+        spec = get_task(name)
+        plan = plan_splits(spec, data_dir)
     splits = plan["splits"]
     if plan["carve_out"] is None:
         train_rows = sources.load_raw(spec, splits["train"], data_dir)
         test_rows = sources.load_raw(spec, splits["test"], data_dir)
     else:
-        all_rows = sources.load_raw(spec, splits["train"], data_dir)
+        all_rows = (user_tasks.checked_rows(spec.hub_id, task_fields or {})
+                    if user_tasks.is_file_task(name) else
+                    sources.load_raw(spec, splits["train"], data_dir))
         train_rows, test_rows, carve_info = carve(all_rows, spec.name,
                                                   grouping=spec.grouping)
         plan["carve_out"].update(carve_info, rows_read=len(all_rows))
@@ -264,8 +287,14 @@ def load_task(name: str, *, data_dir: str | None, seed: int,
     row_groups = spec.grouping.assign(train_rows)
     train_texts, train_labels, train_rows_used, train_info = _prepare_side(
         spec, "train", splits["train"], train_rows, seed, n_train, balance)
-    test_texts, test_labels, _, test_info = _prepare_side(
+    test_texts, test_labels, test_rows_used, test_info = _prepare_side(
         spec, "test", splits["test"], test_rows, seed, n_test, balance)
+    test_difficulty = None
+    if spec.difficulty is not None:
+        # "unknown" where a row has no value: every example keeps a level.
+        test_difficulty = np.asarray(
+            [str(spec.difficulty(test_rows[i]) or "unknown")
+             for i in test_rows_used])
     train_groups = row_groups[train_rows_used]
     train_info["grouping"] = spec.grouping.name
     train_info["groups_used"] = len(np.unique(train_groups))
@@ -273,4 +302,4 @@ def load_task(name: str, *, data_dir: str | None, seed: int,
                   "grouping": spec.grouping.name,
                   "train": train_info, "test": test_info}
     return TaskData(spec.name, train_texts, train_labels, test_texts,
-                    test_labels, provenance, train_groups)
+                    test_labels, provenance, train_groups, test_difficulty)

@@ -90,7 +90,8 @@ def select(history: dict[str, np.ndarray], *, val_targets: np.ndarray,
     test_scores = [metrics.accuracy(p, test_labels)
                    for p in history["eval_test_probs"]]
     val_acc = [metrics.accuracy(p, val_labels) for p in history["eval_val_probs"]]
-    val_auroc = [_auroc_or_nan(p, val_labels) for p in history["eval_val_probs"]]
+    val_auroc = [metrics.summarize_predictions(p, val_labels)["auroc"]
+                 for p in history["eval_val_probs"]]
     chosen = {"final": len(test_scores) - 1,
               "oracle": int(np.argmax(test_scores)),
               "honest_acc": int(np.argmax(val_acc)),
@@ -102,12 +103,6 @@ def select(history: dict[str, np.ndarray], *, val_targets: np.ndarray,
                    **metrics.summarize_predictions(
                        history["eval_test_probs"][index], test_labels)}
             for name, index in chosen.items()}
-
-
-def _auroc_or_nan(probs, labels) -> float:
-    if probs.shape[1] != 2:
-        return float("nan")
-    return metrics.auroc(probs[:, 1], labels)
 
 
 def _none_if_nan(value):

@@ -17,7 +17,7 @@ import ml_collections
 
 from w2s_jax import config as config_lib
 from w2s_jax.core.errors import ExpectedError, WorkdirError
-from w2s_jax.data import sources, splits, tasks
+from w2s_jax.data import sources, splits, tasks, user_tasks
 from w2s_jax.models import registry
 
 
@@ -74,6 +74,11 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     """Every mirror file the run will read parses, row by row (the first
     bad line named); without a mirror, the hub can be read (or its cache,
     where the hub is switched off)."""
+    if user_tasks.is_file_task(config.task):
+        user_tasks.check_name(config.task)
+        user_tasks.checked_rows(user_tasks.path_of(config.task),
+                                config.task_fields.to_dict())
+        return
     data_dir = sources.resolve_data_dir(config.data_dir or None)
     spec = tasks.get_task(config.task)
     if data_dir is None:

@@ -17,7 +17,7 @@ from w2s_jax import config as config_lib
 from w2s_jax.core import sharding, stages
 from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
-from w2s_jax.data import sources, splits, tokenize
+from w2s_jax.data import sources, splits, tasks, tokenize
 from w2s_jax.models import registry
 from w2s_jax.train import features, learners, steps
 
@@ -40,11 +40,20 @@ class Context:
     train_groups: np.ndarray  # group id of each kept train example
     num_classes: int
     _learners: dict = dataclasses.field(default_factory=dict)
+    _starts: dict = dataclasses.field(default_factory=dict)
+    # model index -> its generative stage (experiment/generative.py)
+    generative: dict = dataclasses.field(default_factory=dict)
 
     @property
     def texts(self) -> dict[str, list[str]]:
         return {"train": [self.data.train_texts[i] for i in self.tokens.kept["train"]],
                 "test": [self.data.test_texts[i] for i in self.tokens.kept["test"]]}
+
+    @property
+    def test_difficulty(self) -> np.ndarray | None:
+        """Each kept test example's difficulty level, where the task has one."""
+        levels = self.data.test_difficulty
+        return None if levels is None else levels[self.tokens.kept["test"]]
 
     def gold(self, indices: np.ndarray) -> np.ndarray:
         """One-hot gold targets of train-pool examples."""
@@ -73,6 +82,25 @@ class Context:
             self._learners[key] = _make_learner(self, index, mode, layer)
         return self._learners[key]
 
+    def start(self, index: int):
+        """(stage key, numpy backbone) that model `index`'s stages start
+        from instead of its checkpoint, or None: the generative finetune of
+        the last model when config.generative.epochs > 0."""
+        if index != len(self.models) - 1 or not self.config.generative.epochs:
+            return None
+        if index not in self._starts:
+            from w2s_jax.experiment import generative
+            model = self.models[index]
+            stage = generative.generative_stage(
+                self, index, _settings(model, self.model_configs[index],
+                                       self.config, "finetune"),
+                {"name": model.name, "source": model.source,
+                 "backbone": dataclasses.asdict(model.backbone_config),
+                 "compute_dtype": self.config.compute_dtype})
+            self.generative[index] = stage
+            self._starts[index] = (stage.key, generative.backbone_params(stage))
+        return self._starts[index]
+
     def probe_learner(self, index: int, feature_spec: dict,
                       train_feats: np.ndarray, test_feats: np.ndarray):
         """A linear head on given features of model `index` (e.g. of a
@@ -91,7 +119,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Context:
     data = splits.load_task(
         config.task, data_dir=sources.resolve_data_dir(config.data_dir or None),
         seed=config.seed, n_train=config.n_train, n_test=config.n_test,
-        balance=config.balance)
+        balance=config.balance, task_fields=config.task_fields.to_dict())
     log(f"[data] {config.task}: {len(data.train_texts)} train pool, "
         f"{len(data.test_texts)} test ({data.provenance.get('source')})")
     model_configs = config_lib.model_list(config)
@@ -127,15 +155,28 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
     settings = _settings(model, model_cfg, config, mode)
     pooling = model_cfg.pooling or registry.default_pooling(model)
     ids = ctx.tokens.ids.get(index)
+    start = None if model.family == registry.BOW_FAMILY else ctx.start(index)
+    if mode == "reward":
+        # config.validate allowed mode reward only for tasks in COMPLETIONS.
+        split = tasks.COMPLETIONS[config.task]
+        pairs = {side: learners.PairLearner.tokenize(
+            model.tokenizer, [split(text) for text in texts],
+            max_ctx=config.max_ctx, overlength=config.overlength)
+            for side, texts in ctx.texts.items()}
+        return learners.PairLearner(role, model, model_cfg, pooling, settings,
+                                    pairs, compute_dtype=config.compute_dtype,
+                                    remat=config.remat, start=start)
     if mode == "finetune":
         return learners.TokenLearner(role, model, model_cfg, pooling, settings,
                                      ids, compute_dtype=config.compute_dtype,
-                                     remat=config.remat)
+                                     remat=config.remat, start=start)
     texts = ctx.texts
     bow = model.family == registry.BOW_FAMILY
     feature_spec = ({"name": model.name, "source": model.source} if bow else
                     {"name": model.name, "source": model.source,
                      "pooling": pooling, "layer": layer})
+    if start is not None:
+        feature_spec["start"] = start[0]
     fingerprint = {side: stages.fingerprint(*(ids[side] if ids else texts[side]))
                    for side in ("train", "test")}
 
@@ -147,8 +188,9 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
                         for side in ("train", "test")}
         module = steps.build_classifier(model, num_classes=2, linear_probe=True,
                                         head_init="zeros", pooling=pooling)
-        params = steps.init_params(module, model, head_init="zeros",
-                                   seed=config.seed, mesh=ctx.mesh)["backbone"]
+        params = steps.init_params(
+            module, model, head_init="zeros", seed=config.seed, mesh=ctx.mesh,
+            backbone_params=start[1] if start else None)["backbone"]
         return {}, {side: features.extract(
             model, params, ids[side], pooling=pooling, layer=layer,
             batch_size=config.train.eval_batch_size, max_ctx=config.max_ctx,

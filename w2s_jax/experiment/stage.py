@@ -113,10 +113,8 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
             eval_every=es.eval_every, on_eval=on_eval)
         arrays = {}
         for set_name, (side, idx, labels) in predict_sets.items():
-            probs = predict_probs(params, side, idx)
-            arrays[f"{set_name}_probs"] = probs
-            arrays[f"{set_name}_hard"] = probs.argmax(-1).astype(np.int32)
-            arrays[f"{set_name}_correct"] = arrays[f"{set_name}_hard"] == labels
+            arrays.update(prediction_arrays(
+                set_name, predict_probs(params, side, idx), labels))
         record["test_metrics"] = metrics.summarize_predictions(
             arrays["test_probs"], gold)
         if val is not None:
@@ -149,6 +147,24 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
         "mean_confidence": float(targets.max(-1).mean()),
         "ece": metrics.expected_calibration_error(targets, train_gold)}
     return result
+
+
+def prediction_arrays(set_name: str, probs: np.ndarray,
+                      labels: np.ndarray) -> dict[str, np.ndarray]:
+    """What every stage stores of its predictions on a set: soft
+    probabilities, hard labels and their correctness."""
+    hard = probs.argmax(-1).astype(np.int32)
+    return {f"{set_name}_probs": probs, f"{set_name}_hard": hard,
+            f"{set_name}_correct": hard == labels}
+
+
+def untrained_record(test_probs: np.ndarray, test_labels: np.ndarray, *,
+                     examples: int = 0, **extra) -> dict:
+    """The record of a stage that trains nothing (a rule, a combination of
+    supervisors, a prompt): what results read of a trained stage."""
+    return {"test_metrics": metrics.summarize_predictions(test_probs, test_labels),
+            **extra, "steps": 0, "examples": examples, "final_loss": None,
+            "padding_waste": 0.0, "loss_curve": [], "train_seconds": 0.0}
 
 
 def _set_loss_params(config) -> dict:

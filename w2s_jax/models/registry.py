@@ -365,6 +365,31 @@ def embedding_table(model: ResolvedModel, backbone_params):
     return node
 
 
+DECODER_FAMILIES = ("gpt2", "llama")
+
+
+def check_tied_decoder(model: ResolvedModel, purpose: str) -> None:
+    """Language-model logits here are the hidden states times the token
+    embedding table, which is the checkpoint's own LM head only for a
+    decoder whose head is tied to its embeddings (GPT-2, SmolLM2, the
+    smaller Qwen2.5s); an untied head is not loaded (HF_UNNEEDED)."""
+    if model.family not in DECODER_FAMILIES:
+        raise UsageError(f"{purpose} needs a decoder (families "
+                         f"{', '.join(DECODER_FAMILIES)}); model "
+                         f"{model.name!r} is a {model.family} model")
+    if not getattr(model.backbone_config, "tie_word_embeddings", True):
+        raise UsageError(f"{purpose} needs a decoder whose LM head is tied to "
+                         f"its embeddings; {model.name!r} has an untied head, "
+                         f"which is not loaded")
+
+
+def lm_logits(model: ResolvedModel, backbone_params, hidden):
+    """Next-token logits [..., V] of hidden states [..., D], through the
+    tied unembedding (check_tied_decoder first)."""
+    table = embedding_table(model, backbone_params)
+    return hidden @ table.T.astype(hidden.dtype)
+
+
 def bow_featurizer(model: ResolvedModel) -> bow.TfidfFeaturizer:
     return bow.TfidfFeaturizer(vocab_size=model.source["vocab_size"])
 

@@ -15,6 +15,8 @@ did, as pure functions on host numpy arrays returning JSON-ready values.
   on the same examples than their accuracies alone imply.
 - `label_signal`: mean(max_c p_c) - 1/K of soft labels (binary: mean
   |p - 0.5|); below LOW_SIGNAL_THRESHOLD the labels barely say anything.
+- `by_level`: accuracy per difficulty level of a task that ships one (a
+  gain concentrated on easy items reads differently from one on hard items).
 """
 from __future__ import annotations
 
@@ -124,3 +126,12 @@ def label_signal(probs) -> float:
         return float("nan")
     return float(probs.max(-1).mean() - 1.0 / probs.shape[-1])
 
+
+
+def by_level(correct, levels) -> dict:
+    """{level: {"n", "accuracy"}} of right/wrong `correct` [N] grouped by
+    `levels` [N] (strings), levels in sorted order."""
+    correct, levels = np.asarray(correct, bool), np.asarray(levels)
+    return {str(level): {"n": int(np.sum(levels == level)),
+                         "accuracy": float(np.mean(correct[levels == level]))}
+            for level in sorted(set(levels.tolist()))}

@@ -50,6 +50,16 @@ def auroc(scores, labels) -> float:
     return float(u_stat / (n_pos * n_neg))
 
 
+def macro_auroc(probs, labels) -> float:
+    """K-way AUROC: the mean over classes of the one-vs-rest AUROC of that
+    class's probability (classes absent from `labels` are skipped; NaN if
+    fewer than two are present)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    per_class = [auroc(probs[:, c], labels == c) for c in range(probs.shape[1])
+                 if 0 < np.sum(labels == c) < len(labels)]
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
 def pgr(weak, w2s, ceiling) -> float | None:
     """Performance gap recovered, (w2s - weak) / (ceiling - weak).
 
@@ -107,13 +117,13 @@ def expected_calibration_error(probs, labels, bins: int = 10) -> float:
 def summarize_predictions(probs, labels) -> dict:
     """Accuracy, AUROC and count of one model's predictions on a split.
 
-    AUROC needs a binary head (score = probability of class 1); for K > 2
-    it is None.
+    AUROC: of the class-1 probability for a binary head; for K > 2 the
+    macro one-vs-rest mean (macro_auroc).
     """
     probs, labels = np.asarray(probs), np.asarray(labels)
     binary = probs.ndim == 2 and probs.shape[1] == 2
     return {
         "accuracy": accuracy(probs, labels),
-        "auroc": auroc(probs[:, 1], labels) if binary else None,
+        "auroc": auroc(probs[:, 1], labels) if binary else macro_auroc(probs, labels),
         "n": int(len(labels)),
     }

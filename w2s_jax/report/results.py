@@ -93,10 +93,20 @@ def build_results(*, ctx, output) -> dict:
         "early_stopping": early,
         "comparisons": comparisons,
         "label_signal": signal,
+        "accuracy_by_difficulty": _by_difficulty(ctx, stages, output.comparisons),
+        # Language-model stages whose weights later stages start from.
+        "generative": {ctx.model_name(index): {
+            "key": stage.key, "path": os.path.relpath(stage.path, ctx.workdir),
+            "trained_on": stage.record["description"],
+            "steps": stage.record["steps"],
+            "heldout_nll": stage.record["heldout_nll"]}
+            for index, stage in ctx.generative.items()},
         "stages": {name: {
             "key": stage.key,
             "path": os.path.relpath(stage.path, ctx.workdir),
-            "model": stage.record["model"],
+            "model": stage.record["model"] + (
+                " (generative)" if "start" in stage.record["spec"]["learner"]
+                else ""),
             "trained_on": stage.record["description"],
             "learner": stage.record["spec"]["learner"],
             "loss": stage.record["spec"]["loss"],
@@ -113,6 +123,24 @@ def build_results(*, ctx, output) -> dict:
     }
 
 
+def _by_difficulty(ctx, stages, comparisons) -> dict:
+    """Per stage, gold test accuracy by the task's difficulty level, and per
+    comparison the PGR of each level; {} for a task without levels."""
+    levels = ctx.test_difficulty
+    if levels is None:
+        return {}
+    per_stage = {name: diagnostics.by_level(
+                     stage.arrays["test_probs"].argmax(-1) == ctx.test_labels,
+                     levels)
+                 for name, stage in stages.items()}
+    pgr = {comp.name: {level: metrics.pgr(
+               *(per_stage[s][level]["accuracy"]
+                 for s in (comp.supervisor, comp.student, comp.ceiling)))
+               for level in per_stage[comp.student]}
+           for comp in comparisons}
+    return {"stages": per_stage, "pgr": pgr}
+
+
 def _comparison_diagnostics(comp, stages, test_labels) -> dict:
     """Bootstrap CI of the accuracy PGR and error kappa on the gold test
     set; the misfit where the comparison names the student's predictions on
@@ -127,6 +155,8 @@ def _comparison_diagnostics(comp, stages, test_labels) -> dict:
         student = stages[comp.student].arrays
         label_stage, label_set = comp.weak_labels
         weak = stages[label_stage].arrays[f"{label_set}_probs"]
+        if comp.weak_label_rows is not None:
+            weak = weak[comp.weak_label_rows]
         # Only the examples it fit: an early-stopping slice was held out.
         fitted = np.ones(len(weak), bool)
         if "val_positions" in student:
@@ -243,10 +273,39 @@ def summary_table(results: dict) -> str:
             f"{_fmt(agree['weak_correct'])} | {_fmt(agree['weak_wrong'])} |")
     if undefined:
         lines.append("\nPGR n/a: the ceiling does not beat the supervisor.")
+    for model, gen in results.get("generative", {}).items():
+        nll = gen["heldout_nll"]
+        lines.append(f"\n{model} (generative): its stages start from a "
+                     f"generative finetune ({gen['trained_on']}, "
+                     f"{gen['steps']} steps); held-out next-token NLL "
+                     f"{nll['before']:.3f} -> {nll['after']:.3f} nats per token.")
+    if results.get("accuracy_by_difficulty"):
+        lines += ["", difficulty_table(results)]
     if "label_signal" in results:
         lines += ["", diagnostics_table(results)]
     if results["early_stopping"]:
         lines += ["", early_stopping_table(results)]
+    return "\n".join(lines)
+
+
+def difficulty_table(results: dict) -> str:
+    """Gold test accuracy of each stage, and each comparison's PGR, per
+    difficulty level of the task."""
+    by = results["accuracy_by_difficulty"]
+    levels = list(next(iter(by["stages"].values())))
+    first = by["stages"][results["stage_order"][0]]
+    lines = ["Accuracy by difficulty level (the task's own field; n test "
+             "examples per level):", "",
+             "| stage | " + " | ".join(f"{level} (n={first[level]['n']})"
+                                      for level in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for name in results["stage_order"]:
+        row = by["stages"][name]
+        lines.append(f"| {name} | " + " | ".join(
+            _fmt(row[level]["accuracy"]) for level in levels) + " |")
+    for name in results["comparison_order"]:
+        lines.append(f"| PGR {name} | " + " | ".join(
+            _fmt(by["pgr"][name].get(level)) for level in levels) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
-"""What a stage trains: a whole model on tokens, or a head on frozen features.
+"""What a stage trains: a whole model on tokens (or a reward model on the
+two completions of preference pairs), or a head on frozen features.
 
-Both present the same small interface to `experiment.finetune_stage`
+All present the same small interface to `experiment.finetune_stage`
 (inputs for any subset of the train pool or test set, a fresh model, and
 the training settings), so every stage, loss and chain works with either.
 """
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.core import stages
+from w2s_jax.core.errors import DataError
+from w2s_jax.data import batching
 from w2s_jax.train import loop, steps
 from w2s_jax.train.features import LinearHead
 
@@ -29,15 +32,21 @@ class TokenLearner:
     ids: dict[str, list[np.ndarray]]  # side ("train" pool / "test") -> ids
     compute_dtype: str = "float32"  # config.compute_dtype
     remat: str = "none"  # config.remat
+    # Weights to start from instead of the checkpoint's: (the key of the
+    # stage that made them, numpy backbone tree), e.g. a generative finetune.
+    start: tuple[str, Any] | None = None
 
     @property
     def spec(self) -> dict:
         cfg = self.model_config
-        return {"mode": "finetune", "name": self.model.name,
+        spec = {"mode": "finetune", "name": self.model.name,
                 "source": self.model.source,
                 "backbone": dataclasses.asdict(self.model.backbone_config),
                 "linear_probe": cfg.linear_probe, "head_init": cfg.head_init,
                 "pooling": self.pooling, "compute_dtype": self.compute_dtype}
+        if self.start is not None:  # only then, so other keys stay as they were
+            spec["start"] = self.start[0]
+        return spec
 
     def fingerprint(self, side: str, indices: np.ndarray) -> str:
         return stages.fingerprint(*[self.ids[side][i] for i in indices])
@@ -56,8 +65,86 @@ class TokenLearner:
             self.model, num_classes=num_classes, linear_probe=cfg.linear_probe,
             head_init=cfg.head_init, pooling=self.pooling,
             compute_dtype=self.compute_dtype, remat=self.remat)
-        params = steps.init_params(module, self.model, head_init=cfg.head_init,
-                                   seed=seed, mesh=mesh)
+        params = steps.init_params(
+            module, self.model, head_init=cfg.head_init, seed=seed, mesh=mesh,
+            backbone_params=self.start[1] if self.start else None)
+        return steps.module_forward(module), params
+
+
+@dataclasses.dataclass
+class PairLearner(TokenLearner):
+    """Finetunes a reward model on preference pairs (mode "reward").
+
+    `ids[side][i]` holds example i's two completions (A, B), tokenized
+    separately (`tokenize`); a models.classifier.PairScorer scores each
+    one, and its logits [r(B), r(A)] make the stage an ordinary binary
+    classifier of "A is preferred", so losses, weak labels and metrics
+    apply unchanged. Batches keep one row per example ([rows, 2, L]), so
+    the loops' sharding and per-process row selection are as for tokens.
+    """
+    ids: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+    @staticmethod
+    def tokenize(tokenizer, completions: list[list[str]], *, max_ctx: int,
+                 overlength: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(A ids, B ids) of each example's two completion texts; with
+        overlength 'truncate' each keeps its LAST max_ctx tokens (the reply).
+
+        Under 'drop' the examples were already kept by their pair text,
+        which holds the conversation and both replies, so each completion
+        fits; one that does not would have to be dropped here, out of step
+        with every other stage's examples, so it is an error instead.
+        """
+        tokens = batching.tokenize(tokenizer, [t for pair in completions
+                                               for t in pair],
+                                   max_ctx=max_ctx, overlength=overlength)
+        if overlength == "drop" and tokens.too_long.any():
+            raise DataError(
+                f"{int(tokens.too_long.sum())} completions are longer than "
+                f"max_ctx={max_ctx} although their pair's text fits; set "
+                f"config.overlength=truncate")
+        return list(zip(tokens.ids[0::2], tokens.ids[1::2]))
+
+    @property
+    def spec(self) -> dict:
+        return {**super().spec, "mode": "reward"}
+
+    def fingerprint(self, side: str, indices: np.ndarray) -> str:
+        return stages.fingerprint(*[x for i in indices for x in self.ids[side][i]])
+
+    def lengths(self, side: str, indices: np.ndarray) -> np.ndarray:
+        # A row is as long as its longer completion: batches are grouped by
+        # it, and loop._process_inputs builds the longest row first.
+        return np.array([max(len(a), len(b))
+                         for a, b in (self.ids[side][i] for i in indices)])
+
+    def inputs(self, side: str, indices: np.ndarray) -> Callable:
+        # Completions flat: example k's A at 2k, its B at 2k + 1, so one
+        # batching.pad gives both a common length (and filler rows a real
+        # position), and a reshape gives the rows back.
+        flat = [x for i in indices for x in self.ids[side][i]]
+        pad_id, max_ctx = self.model.tokenizer.pad_id, self.settings.max_ctx
+
+        def make_inputs(local, rows):
+            local = np.asarray(local)
+            ids, mask = batching.pad(
+                flat, np.stack([2 * local, 2 * local + 1], axis=1).ravel(),
+                rows=2 * rows, max_ctx=max_ctx, pad_id=pad_id)
+            return ids.reshape(rows, 2, -1), mask.reshape(rows, 2, -1)
+        return make_inputs
+
+    def init(self, num_classes: int, seed: int, mesh):
+        if num_classes != 2:
+            raise ValueError(f"a reward model compares two completions; "
+                             f"the targets have {num_classes} classes")
+        cfg = self.model_config
+        module = steps.build_pair_scorer(
+            self.model, linear_probe=cfg.linear_probe, head_init=cfg.head_init,
+            pooling=self.pooling, compute_dtype=self.compute_dtype,
+            remat=self.remat)
+        params = steps.init_params(
+            module, self.model, head_init=cfg.head_init, seed=seed, mesh=mesh,
+            backbone_params=self.start[1] if self.start else None)
         return steps.module_forward(module), params
 
 

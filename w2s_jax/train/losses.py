@@ -126,11 +126,14 @@ def harden_balanced(probs: jax.Array, prior: jax.Array) -> jax.Array:
     zero-initialised head gives every row the same p and the release's
     strict "p_0 < quantile" would harden nobody.
 
-    K > 2: one-hot argmax_c of log p_c - log mean_batch(p_c) + log prior_c,
-    i.e. one prior-correction step: each class's probabilities are rescaled
-    so that their batch mean matches the prior before taking the argmax.
-    This balances counts only approximately; ties go to the lower class
-    index (jnp.argmax). For K = 2 the exact count rule above is used instead.
+    K > 2: per-class quotas, the prior times B rounded by largest remainder
+    (ties to the lower class) so they sum to B; then (row, class) pairs are
+    taken in decreasing p, stably, each row getting the first class it
+    meets that still has room. Every row is placed (a class with room left
+    at the end would have taken any row that reached it), the counts equal
+    the quotas exactly, and the most confident rows of each class keep
+    their class. For K = 2 this is the count rule above; that closed form
+    is kept for its documented tie-breaking.
     """
     probs = probs.astype(jnp.float32)
     batch, num_classes = probs.shape
@@ -141,14 +144,40 @@ def harden_balanced(probs: jax.Array, prior: jax.Array) -> jax.Array:
             jnp.arange(batch, dtype=jnp.int32))
         hard = (rank < n1).astype(jnp.int32)
     else:
-        # Clipped logs: an underflowed probability must not produce
-        # -inf - (-inf) = nan; a zero prior still excludes its class.
-        tiny = jnp.finfo(jnp.float32).tiny
-        log_p = jnp.log(jnp.maximum(probs, tiny))
-        log_mean = jnp.log(jnp.maximum(jnp.mean(probs, axis=0), tiny))
-        scores = log_p - log_mean + jnp.log(prior.astype(jnp.float32))
-        hard = jnp.argmax(scores, axis=-1)
+        hard = _assign_by_quota(probs, class_quotas(prior, batch))
     return jax.nn.one_hot(hard, num_classes, dtype=jnp.float32)
+
+
+def class_quotas(prior: jax.Array, batch: int) -> jax.Array:
+    """Integer counts [K] summing to `batch`, proportional to `prior`:
+    floor(prior * B), plus one for the classes with the largest remainders
+    (ties to the lower class index)."""
+    raw = prior.astype(jnp.float32) / jnp.sum(prior) * batch
+    base = jnp.floor(raw)
+    short = batch - jnp.sum(base)
+    order = jnp.argsort(-(raw - base), stable=True)
+    extra = jnp.zeros_like(base).at[order].set(
+        (jnp.arange(raw.shape[0]) < short).astype(base.dtype))
+    return (base + extra).astype(jnp.int32)
+
+
+def _assign_by_quota(probs: jax.Array, quotas: jax.Array) -> jax.Array:
+    """Class [B] of each row: greedy over (row, class) pairs by decreasing
+    probability, within `quotas` (see harden_balanced)."""
+    batch, num_classes = probs.shape
+    order = jnp.argsort(-probs.reshape(-1), stable=True)
+
+    def place(carry, pair):
+        assigned, counts = carry
+        row, cls = pair // num_classes, pair % num_classes
+        take = (assigned[row] < 0) & (counts[cls] < quotas[cls])
+        assigned = assigned.at[row].set(jnp.where(take, cls, assigned[row]))
+        counts = counts.at[cls].add(take.astype(jnp.int32))
+        return (assigned, counts), None
+
+    start = (jnp.full(batch, -1, jnp.int32), jnp.zeros(num_classes, jnp.int32))
+    (assigned, _), _ = jax.lax.scan(place, start, order)
+    return assigned
 
 
 def _xent_per_example(*, logits, targets, stats, progress, params):

@@ -44,19 +44,36 @@ def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
                      remat: str = "none") -> classifier.Classifier:
     """`compute_dtype`: a COMPUTE_DTYPES name for the backbone; `remat`: a
     sharding.REMAT_POLICIES name, applied to every transformer block."""
+    # 'unembedding' starts from zeros and is overwritten in init_params.
+    module_head_init = "zeros" if head_init == "unembedding" else head_init
+    return classifier.Classifier(
+        backbone=_backbone(model, compute_dtype, remat),
+        num_classes=num_classes, linear_probe=linear_probe,
+        head_init=module_head_init, pooling=pooling)
+
+
+def build_pair_scorer(model: registry.ResolvedModel, *, linear_probe: bool,
+                      head_init: str, pooling: str,
+                      compute_dtype: str = "float32",
+                      remat: str = "none") -> classifier.PairScorer:
+    """The reward model of mode "reward": a scalar head scoring each
+    completion of a pair (classifier.PairScorer); arguments as for
+    build_classifier, less the classes (always 2: B or A preferred)."""
+    return classifier.PairScorer(
+        backbone=_backbone(model, compute_dtype, remat),
+        linear_probe=linear_probe, head_init=head_init, pooling=pooling)
+
+
+def _backbone(model: registry.ResolvedModel, compute_dtype: str, remat: str):
+    """The family's backbone module, its dtype and remat policy checked."""
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype={compute_dtype!r} is not valid; "
                          f"choose one of: {', '.join(COMPUTE_DTYPES)}")
     if remat not in sharding.REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not valid; choose one of: "
                          f"{', '.join(sharding.REMAT_POLICIES)}")
-    # 'unembedding' starts from zeros and is overwritten in init_params.
-    module_head_init = "zeros" if head_init == "unembedding" else head_init
-    backbone = registry.backbone(model, dtype=COMPUTE_DTYPES[compute_dtype],
-                                 remat=remat)
-    return classifier.Classifier(
-        backbone=backbone, num_classes=num_classes, linear_probe=linear_probe,
-        head_init=module_head_init, pooling=pooling)
+    return registry.backbone(model, dtype=COMPUTE_DTYPES[compute_dtype],
+                             remat=remat)
 
 
 def init_sharded(init_fn: Callable, key, mesh, rules=sharding.RULES) -> Any:
@@ -65,15 +82,21 @@ def init_sharded(init_fn: Callable, key, mesh, rules=sharding.RULES) -> Any:
     return jax.jit(init_fn, out_shardings=shardings)(key)
 
 
-def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
-                head_init: str, seed: int, mesh, rules=sharding.RULES) -> Any:
+def init_params(module: classifier.Classifier | classifier.PairScorer,
+                model: registry.ResolvedModel, *,
+                head_init: str, seed: int, mesh, rules=sharding.RULES,
+                backbone_params=None) -> Any:
     """Pretrained weights (or a random init), sharded by the logical rules.
 
     Shapes and shardings come from tracing the init only; a random init is
     then jitted straight into its shardings, and pretrained numpy weights are
     device_put into them, so no device ever holds the whole unsharded model.
+    `backbone_params` (numpy, shaped like the backbone) replace the
+    checkpoint's: e.g. the weights of a generative finetune.
     """
-    dummy = jnp.zeros((1, 8), jnp.int32)
+    # A pair scorer reads two completions per row: [rows, 2, L].
+    shape = (1, 2, 8) if isinstance(module, classifier.PairScorer) else (1, 8)
+    dummy = jnp.zeros(shape, jnp.int32)
 
     def init_fn(key):
         return module.init(key, dummy, jnp.ones_like(dummy))["params"]
@@ -81,10 +104,12 @@ def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
     key = jax.random.key(seed)
     abstract, shardings = sharding.param_shardings(init_fn, key, mesh=mesh,
                                                    rules=rules)
-    if model.checkpoint_dir is None:
+    if model.checkpoint_dir is None and backbone_params is None:
         params = jax.jit(init_fn, out_shardings=shardings)(key)
     else:
-        backbone = registry.pretrained_backbone_params(model, abstract["backbone"])
+        backbone = (registry.pretrained_backbone_params(model, abstract["backbone"])
+                    if backbone_params is None else
+                    _checked(backbone_params, abstract["backbone"]))
         shape = abstract["head"]["kernel"].shape
         head = (np.zeros(shape, np.float32) if head_init != "normal" else
                 0.02 * np.asarray(jax.random.normal(key, shape), np.float32))
@@ -94,6 +119,16 @@ def init_params(module: classifier.Classifier, model: registry.ResolvedModel, *,
         wte = registry.embedding_table(model, params["backbone"])
         params["head"]["kernel"] = classifier.head_from_unembedding(wte, ids)
     return jax.device_put(params, shardings)
+
+
+def _checked(params, abstract):
+    """`params` if their tree and shapes are the module's."""
+    if jax.tree.structure(params) != jax.tree.structure(abstract) or any(
+            np.shape(p) != a.shape for p, a in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(abstract))):
+        raise ValueError("replacement backbone parameters do not match the "
+                         "model's parameter tree or shapes")
+    return params
 
 
 def init_state(tx, params, mesh) -> dict:
@@ -140,7 +175,8 @@ def make_optimizer(settings: TrainSettings, total_steps: int):
 
 
 def module_forward(module) -> Callable:
-    """forward(params, (input_ids, attention_mask)) -> logits, for a Classifier."""
+    """forward(params, (input_ids, attention_mask)) -> logits, for a
+    Classifier or a PairScorer."""
     def forward(params, inputs):
         return module.apply({"params": params}, *inputs)
     return forward

@@ -7,10 +7,12 @@ reports (for each PGR: supervisor, student and ceiling stage). It knows
 nothing about meshes, files or caching.
 """
 from w2s_jax.core.errors import UsageError
-from w2s_jax.experiment.recipes import bootstrap, saliency, synthetic, w2s
+from w2s_jax.experiment.recipes import (bootstrap, cosupervision, ensemble, prompting,
+                                        saliency, synthetic, w2s)
 
 RECIPES = {"w2s": w2s.run, "bootstrap": bootstrap.run, "saliency": saliency.run,
-           "synthetic": synthetic.run}
+           "synthetic": synthetic.run, "ensemble": ensemble.run,
+           "cosupervision": cosupervision.run, "prompting": prompting.run}
 
 
 def get_recipe(name: str):

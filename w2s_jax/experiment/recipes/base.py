@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from w2s_jax.core import stages
 
 
@@ -15,13 +17,15 @@ class Comparison:
     the student's predictions on its own training examples
     (`student_train_set`: the student stage's `<set>_probs`) and the labels
     it trained on, in the same order (`weak_labels`: (stage, set), that
-    stage's `<set>_probs`)."""
+    stage's `<set>_probs`; `weak_label_rows`: the rows of that array the
+    student trained on, when it holds more)."""
     name: str
     supervisor: str
     student: str
     ceiling: str
     student_train_set: str | None = None
     weak_labels: tuple[str, str] | None = None
+    weak_label_rows: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -45,13 +49,17 @@ def ceiling_stage(ctx, learner=None, name: str = "ceiling"):
         description=f"gold, half {half} ({len(idx)})")
 
 
-def weak_stage(ctx):
-    """The first model on gold half A, predicting half B: the weak labels
-    of every recipe that trains its supervisor."""
+def weak_stage(ctx, index: int = 0):
+    """Model `index` (default the first) on gold half A, predicting half B:
+    the weak labels of every recipe that trains its supervisor. The first
+    model's stage is "weak" in every recipe, so they share it through the
+    cache; another supervisor's is "weak_m<k>"."""
     from w2s_jax.experiment.stage import train_stage
 
     half_a, half_b = ctx.halves()
     return train_stage(
-        ctx, "weak", ctx.learner(0), train_idx=half_a, targets=ctx.gold(half_a),
-        loss_name="xent", predict={"B": half_b}, model_index=0,
+        ctx, "weak" if index == 0 else f"weak_m{index + 1}", ctx.learner(index),
+        train_idx=half_a, targets=ctx.gold(half_a), loss_name="xent",
+        predict={"B": half_b}, model_index=index,
         description=f"gold, half A ({len(half_a)})")
+

@@ -74,7 +74,8 @@ def run(ctx) -> RecipeOutput:
             ctx, name, ctx.learner(k), train_idx=slices[k - 1],
             targets=labels.hand_off(supervisor_probs, kind),
             loss_name=config.loss, model_index=k,
-            predict=None if last else {"next": slices[k]},
+            # The last link's predictions on its own slice: the misfit.
+            predict={"train": slices[k - 1]} if last else {"next": slices[k]},
             description=f"{kind} labels of {stages[_prev(k)].record['model']}"
                         f", slice {k} of half B ({len(slices[k - 1])})")
         if not last:
@@ -83,17 +84,22 @@ def run(ctx) -> RecipeOutput:
     stages["direct"] = train_stage(
         ctx, "direct", ctx.learner(n - 1), train_idx=slices[-1],
         targets=labels.hand_off(on_b(weak.arrays["B_probs"], slices[-1]), kind),
-        loss_name=config.loss, model_index=n - 1,
+        loss_name=config.loss, model_index=n - 1, predict={"train": slices[-1]},
         description=f"{kind} labels of {ctx.model_name(0)}, slice {n - 1} "
                     f"of half B ({len(slices[-1])})")
     stages["ceiling"] = ceiling_stage(ctx)
     return RecipeOutput(
         stages=stages,
         comparisons=[
+            # Misfit: each student against the labels it trained on (the
+            # chain's last link: link n-1's predictions on its slice).
             Comparison("chain", supervisor="weak", student=final,
-                       ceiling="ceiling"),
+                       ceiling="ceiling", student_train_set="train",
+                       weak_labels=(_prev(n - 1), "next")),
             Comparison("direct", supervisor="weak", student="direct",
-                       ceiling="ceiling")],
+                       ceiling="ceiling", student_train_set="train",
+                       weak_labels=("weak", "B"),
+                       weak_label_rows=np.searchsorted(half_b, slices[-1]))],
         details={"pool": pool, "targets": kind,
                  "slices": [int(len(s)) for s in slices],
                  "halves": {"A": len(half_a), "B": len(half_b)},

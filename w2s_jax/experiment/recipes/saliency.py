@@ -60,13 +60,14 @@ def run(ctx) -> RecipeOutput:
     finetuned = train_stage(
         ctx, "finetune_weak", finetuner, train_idx=half_b, targets=weak_labels,
         loss_name=config.loss, model_index=strong, description=weak_desc,
-        feature_layers=tuple(layers))
+        feature_layers=tuple(layers), predict={"train": half_b})
     stages["finetune_weak"] = finetuned
     for layer in layers:
         frozen = ctx.learner(strong, mode="features", layer=layer)
         stages[f"probe_weak@{layer}"] = train_stage(
             ctx, f"probe_weak@{layer}", frozen, train_idx=half_b,
             targets=weak_labels, loss_name=config.loss, model_index=strong,
+            predict={"train": half_b},
             description=f"frozen layer {layer}, {weak_desc}")
         stages[f"probe_gold@{layer}"] = train_stage(
             ctx, f"probe_gold@{layer}", frozen, train_idx=gold_idx,
@@ -86,6 +87,11 @@ def run(ctx) -> RecipeOutput:
     students = [s for s in stages if s not in ("weak", "finetune_gold")]
     return RecipeOutput(
         stages=stages,
+        # Misfit for the students of weak labels (the others learnt gold).
         comparisons=[Comparison(s, supervisor="weak", student=s,
-                                ceiling="finetune_gold") for s in students],
+                                ceiling="finetune_gold",
+                                **({"student_train_set": "train",
+                                    "weak_labels": ("weak", "B")}
+                                   if "train_probs" in stages[s].arrays else {}))
+                     for s in students],
         details={"layers": layers, "gold_half": config.ceiling_half})

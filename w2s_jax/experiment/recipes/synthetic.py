@@ -25,17 +25,16 @@ from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 from w2s_jax.data import splits
 from w2s_jax.experiment.recipes.base import Comparison, RecipeOutput, ceiling_stage
-from w2s_jax.experiment.stage import train_stage
-from w2s_jax.report import metrics
+from w2s_jax.experiment.stage import prediction_arrays, train_stage, untrained_record
 from w2s_jax.train import synthetic
 
 
-def rule_of(config) -> synthetic.Rule:
-    """The config's rule (validated by config.validate)."""
+def rule_of(config, kind: str | None = None) -> synthetic.Rule:
+    """The config's rule (validated by config.validate), of `kind` if given."""
     from w2s_jax.config import sweep_values
     syn = config.synthetic
     return synthetic.Rule(
-        kind=syn.kind, error_rate=float(syn.error_rate),
+        kind=kind or syn.kind, error_rate=float(syn.error_rate),
         rates=tuple(sweep_values(syn.rates, float, "config.synthetic.rates")),
         length_quantile=float(syn.length_quantile), keyword=syn.keyword,
         confidence=float(syn.confidence))
@@ -69,26 +68,36 @@ def describe(rule: synthetic.Rule) -> str:
 
 
 def run(ctx) -> RecipeOutput:
+    """One supervisor (config.synthetic.kind), or one per kind of
+    config.synthetic.kinds at the same error rate, each teaching its own
+    student, in one table: "synthetic_<kind>" and "w2s_<kind>"."""
+    from w2s_jax.config import sweep_values
     config = ctx.config
     strong = len(ctx.models) - 1
     half_a, half_b = ctx.halves()
-    rule = rule_of(config)
-    supervisor = synthetic_stage(ctx, rule, half_b)
-    ceiling = ceiling_stage(ctx)
-    student = train_stage(
-        ctx, "w2s", ctx.learner(strong), train_idx=half_b,
-        targets=np.asarray(supervisor.arrays["B_probs"], np.float32),
-        loss_name=config.loss, model_index=strong, predict={"train": half_b},
-        description=f"synthetic labels ({describe(rule)}), half B "
-                    f"({len(half_b)})")
+    kinds = sweep_values(config.synthetic.kinds, str, "config.synthetic.kinds")
+    rules = {"": rule_of(config)} if not kinds else {
+        f"_{kind}": rule_of(config, kind) for kind in kinds}
+    stages, comparisons, details = {}, [], {}
+    for suffix, rule in rules.items():
+        supervisor, student = f"synthetic{suffix}", f"w2s{suffix}"
+        stages[supervisor] = synthetic_stage(ctx, rule, half_b)
+        stages[student] = train_stage(
+            ctx, student, ctx.learner(strong), train_idx=half_b,
+            targets=np.asarray(stages[supervisor].arrays["B_probs"], np.float32),
+            loss_name=config.loss, model_index=strong, predict={"train": half_b},
+            description=f"synthetic labels ({describe(rule)}), half B "
+                        f"({len(half_b)})")
+        comparisons.append(Comparison(
+            student, supervisor=supervisor, student=student, ceiling="ceiling",
+            student_train_set="train", weak_labels=(supervisor, "B")))
+        details[rule.kind] = {"rule": rule_spec(rule),
+                              "realised": stages[supervisor].record["synthetic"]}
+    stages["ceiling"] = ceiling_stage(ctx)
+    one = details.pop(rule.kind) if not kinds else {"kinds": details}
     return RecipeOutput(
-        stages={"synthetic": supervisor, "w2s": student, "ceiling": ceiling},
-        comparisons=[Comparison("w2s", supervisor="synthetic", student="w2s",
-                                ceiling="ceiling", student_train_set="train",
-                                weak_labels=("synthetic", "B"))],
-        details={"rule": rule_spec(rule),
-                 "realised": supervisor.record["synthetic"],
-                 "halves": {"A": len(half_a), "B": len(half_b)},
+        stages=stages, comparisons=comparisons,
+        details={**one, "halves": {"A": len(half_a), "B": len(half_b)},
                  "ceiling_half": config.ceiling_half})
 
 
@@ -123,18 +132,12 @@ def synthetic_stage(ctx, rule: synthetic.Rule,
                     rule, labels, set_texts, k, rng, threshold=threshold)
             except ValueError as err:
                 raise UsageError(str(err)) from None
-            hard = probs.argmax(-1).astype(np.int32)
-            arrays.update({f"{name}_probs": probs, f"{name}_hard": hard,
-                           f"{name}_correct": hard == labels})
+            arrays.update(prediction_arrays(name, probs, labels))
             realised[name] = synthetic.realised(labels, wrong, feature, k)
         if threshold is not None:
             realised["length_threshold_chars"] = threshold
-        record = {"test_metrics": metrics.summarize_predictions(
-                      arrays["test_probs"], ctx.test_labels),
-                  "synthetic": realised,
-                  # What results read of a trained stage: nothing trained.
-                  "steps": 0, "examples": 0, "final_loss": None,
-                  "padding_waste": 0.0, "loss_curve": [], "train_seconds": 0.0}
+        record = untrained_record(arrays["test_probs"], ctx.test_labels,
+                                  synthetic=realised)
         log(f"[synthetic] {describe(rule)}: realised error rate "
             f"{realised['B']['error_rate']:.4f} on half B, "
             f"{realised['test']['error_rate']:.4f} on test")

@@ -1,0 +1,192 @@
+"""A researcher's own dataset, from one local file, with no code.
+
+`--config.task=file:path/to/data.jsonl` (or .csv, .parquet) names the file;
+`config.task_fields` names its columns (w2s_jax/config.py):
+
+- `text` and `label`: one text per row, label 0/1 (or true/false);
+- plus `text_pair`: two texts per row (premise and hypothesis, two
+  sentences), shown as "<text>\\n\\n<text_pair>";
+- `choices` instead of a label-per-text: a multiple-choice layout, `text`
+  the question, `choices` the list of candidates and `label` the index of
+  the right one; each row becomes one binary example "Q: <question> A:
+  <candidate>", the right candidate or a random other one by a seeded coin
+  (as the paper turns multiple-choice items into binary examples);
+- `group` (optional): rows sharing its value never straddle the train/test
+  carve or the halves A/B (e.g. a passage id).
+
+The file is one split: the train pool and the test set are carved from it,
+whole groups to a side, as for a mirror that holds one split. Every row is
+checked before anything runs; a bad one is named by file, line and field.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from w2s_jax.core.errors import DataError, DataFileNotFound
+from w2s_jax.data.tasks import ROW, Example, Grouping, TaskSpec
+
+PREFIX = "file:"
+FORMATS = (".jsonl", ".csv", ".parquet")
+LABEL_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1}
+
+
+def is_file_task(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def path_of(name: str) -> str:
+    return name[len(PREFIX):]
+
+
+def check_name(name: str) -> None:
+    """The file exists and has a known extension (DataFileNotFound/DataError)."""
+    path = path_of(name)
+    if not path.endswith(FORMATS):
+        raise DataError(f"config.task={name!r}: {path!r} is not a "
+                        f"{', '.join(FORMATS)} file")
+    if not os.path.isfile(path):
+        raise DataFileNotFound(f"config.task={name!r}: {path} does not exist")
+
+
+def read_rows(path: str) -> list[dict]:
+    """The file's rows as dicts, in order; a line that does not parse is
+    named."""
+    if path.endswith(".jsonl"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}, line {line_no}: not valid JSON "
+                                    f"({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, line {line_no}: a JSON "
+                                    f"{type(row).__name__}, not an object")
+                rows.append({**row, "__line__": line_no})
+        return rows
+    if path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            # Line 1 is the header, so data rows start on line 2.
+            return [{**row, "__line__": line_no}
+                    for line_no, row in enumerate(csv.DictReader(f), start=2)]
+    import pyarrow.parquet as pq  # a dependency of `datasets`
+    table = pq.read_table(path).to_pylist()
+    # Parquet has no lines: a row is named by its position, from 1.
+    return [{**row, "__line__": i} for i, row in enumerate(table, start=1)]
+
+
+def spec_for(name: str, fields: dict) -> TaskSpec:
+    """A TaskSpec reading the file's rows with `fields` (config.task_fields)."""
+    path = path_of(name)
+    grouping = (Grouping(f"column {fields['group']}",
+                         lambda row: [str(row[fields["group"]])])
+                if fields.get("group") else ROW)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return TaskSpec(f"file-{stem}", path, None, None, "file", "file",
+                    lambda row, rng: format_row(row, rng, fields, path),
+                    grouping)
+
+
+def checked_rows(path: str, fields: dict) -> list[dict]:
+    """The file's rows, each checked (check_rows)."""
+    rows = read_rows(path)
+    check_rows(path, rows, fields)
+    return rows
+
+
+def check_rows(path: str, rows: list[dict], fields: dict) -> None:
+    """Every row has the fields the layout needs, with usable values."""
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    rng = np.random.default_rng(0)
+    for row in rows:
+        format_row(row, rng, fields, path)
+    labels = {_label(row, fields, path) for row in rows
+              if not fields.get("choices")}
+    if labels and len(labels) < 2:
+        raise DataError(f"{path}: every row has label {labels.pop()} in "
+                        f"column {fields['label']!r}; a task needs both "
+                        f"classes")
+
+
+def provenance(path: str) -> dict:
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"source": "file", "location": os.path.abspath(path),
+            "sha256": digest}
+
+
+def format_row(row: dict, rng: np.random.Generator, fields: dict,
+               path: str) -> Example:
+    if fields.get("choices"):
+        # Two draws per row whatever the coin says (module docstring of tasks).
+        show_right, pick = rng.random() < 0.5, rng.random()
+        question = _text(row, fields["text"], fields, path)
+        choices = _field(row, fields["choices"], fields, path)
+        if not isinstance(choices, list) or len(choices) < 2 or not all(
+                isinstance(c, str) for c in choices):
+            raise DataError(f"{path}, line {row['__line__']}: field "
+                            f"{fields['choices']!r} must be a list of at "
+                            f"least 2 strings, got {choices!r}")
+        right = _choice_index(row, fields, path, len(choices))
+        others = [c for i, c in enumerate(choices) if i != right]
+        answer = (choices[right] if show_right
+                  else others[int(pick * len(others))])
+        return f"Q: {question} A: {answer}", int(show_right)
+    text = _text(row, fields["text"], fields, path)
+    if fields.get("text_pair"):
+        text = f"{text}\n\n{_text(row, fields['text_pair'], fields, path)}"
+    return text, _label(row, fields, path)
+
+
+def _field(row: dict, column: str, fields: dict, path: str):
+    if column not in row:
+        present = sorted(k for k in row if k != "__line__")
+        setting = next(k for k, v in fields.items() if v == column)
+        raise DataError(f"{path}, line {row['__line__']}: no field "
+                        f"{column!r} (config.task_fields.{setting}); the "
+                        f"row has: {', '.join(present)}; set "
+                        f"--config.task_fields.{setting}=<column>")
+    return row[column]
+
+
+def _text(row, column, fields, path) -> str:
+    value = _field(row, column, fields, path)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{path}, line {row['__line__']}: field {column!r} "
+                        f"must be non-empty text, got {value!r}")
+    return value
+
+
+def _label(row, fields, path) -> int:
+    value = _field(row, fields["label"], fields, path)
+    word = str(value).strip().lower()
+    if isinstance(value, float) and value.is_integer():
+        word = str(int(value))
+    if word not in LABEL_WORDS:
+        raise DataError(f"{path}, line {row['__line__']}: label field "
+                        f"{fields['label']!r} is {value!r}; a label must be "
+                        f"0 or 1 (or true/false)")
+    return LABEL_WORDS[word]
+
+
+def _choice_index(row, fields, path, n: int) -> int:
+    value = _field(row, fields["label"], fields, path)
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        index = -1
+    if str(value).strip() != str(index) or not 0 <= index < n:
+        raise DataError(f"{path}, line {row['__line__']}: label field "
+                        f"{fields['label']!r} is {value!r}; with "
+                        f"config.task_fields.choices it must be the index "
+                        f"(0 to {n - 1}) of the right choice")
+    return index
