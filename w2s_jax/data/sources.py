@@ -181,9 +181,13 @@ def _check_row(spec: TaskSpec, row: dict, rng, path: Path, number: int):
         raise DataError(
             f"{path}, line {number}: label {example[1]!r}; task "
             f"{spec.name!r} has {spec.num_classes} classes, labels must be "
-            f"0 to {spec.num_classes - 1}")
+            f"{_label_range(spec.num_classes)}")
 
 
 def _excerpt(text: str, limit: int = 120) -> str:
     text = text.strip()
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _label_range(num_classes: int) -> str:
+    return "0 or 1" if num_classes == 2 else f"0 to {num_classes - 1}"
