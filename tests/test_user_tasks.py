@@ -102,7 +102,8 @@ def test_pair_and_multiple_choice_layouts(tmp_path):
 def test_a_file_task_runs_end_to_end(tmp_path):
     path = _write(tmp_path / "reviews.csv", _rows(400))
     config = config_lib.base_config()
-    config.task, config.task_fields = f"file:{path}", FIELDS
+    config.task = f"file:{path}"
+    config.task_fields.update(FIELDS)
     config.n_train, config.n_test, config.max_ctx = 256, 64, 32
     config.weak, config.strong = _bow(), _frozen()
     config.train.epochs, config.train.log_every = 2, 100
@@ -161,3 +162,21 @@ def test_bad_file_from_the_command_line(tmp_path):
         assert "Traceback" not in proc.stderr
         assert fragment in proc.stderr, proc.stderr
         assert not work.exists()
+
+
+def test_a_three_way_file_task(tmp_path):
+    """task_fields.num_classes=3: labels 0..2, balanced over all three; a
+    label outside them is named."""
+    rows = [{"review": f"{['bad', 'plain', 'good'][i % 3]} film {i}",
+             "stars": (i % 3 + (i % 7 == 0)) % 3} for i in range(300)]
+    path = _write(tmp_path / "three.jsonl", rows)
+    data = _load(path, num_classes=3)
+    by_text = {r["review"]: r["stars"] for r in rows}
+    assert [by_text[t] for t in data.train_texts] == data.train_labels.tolist()
+    for labels in (data.train_labels, data.test_labels):
+        counts = np.bincount(labels, minlength=3)
+        assert counts.min() == counts.max() > 0
+    bad = tmp_path / "bad3.jsonl"
+    bad.write_text('{"review": "a", "stars": 1}\n{"review": "b", "stars": 3}\n')
+    with pytest.raises(DataError, match=r"line 2.*3.*0 to 2"):
+        user_tasks.checked_rows(str(bad), {**FIELDS, "num_classes": 3})

@@ -56,11 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     # A task from a local file (--config.task=file:data.jsonl, .csv or
     # .parquet): which columns hold the text, the 0/1 label, an optional
     # second text (pairs), an optional list of candidates (multiple choice:
-    # label = the right one's index) and an optional group id
-    # (w2s_jax/data/user_tasks.py).
+    # label = the right one's index), an optional group id, and how many
+    # classes the labels have (w2s_jax/data/user_tasks.py).
     config.task_fields = ml_collections.ConfigDict({
         "text": "text", "label": "label", "text_pair": "", "choices": "",
-        "group": ""})
+        "group": "", "num_classes": 2})
     # A local mirror laid out as <dir>/<task>/<split>.jsonl; "" means the
     # W2S_DATA_DIR environment variable, and if that is unset, the hub.
     config.data_dir = ""
@@ -235,6 +235,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if not user_tasks.is_file_task(config.task):
         _check_choice("config.task", config.task,
                       tasks.task_names() + [f"{user_tasks.PREFIX}<path>"])
+    elif config.task_fields.num_classes < 2 or (
+            config.task_fields.num_classes > 2 and config.task_fields.choices):
+        raise UsageError(
+            f"config.task_fields.num_classes={config.task_fields.num_classes} "
+            f"must be at least 2, and 2 for a multiple-choice file (its "
+            f"examples are right/wrong candidates)")
     elif config.task_fields.text_pair and config.task_fields.choices:
         raise UsageError("config.task_fields.text_pair and .choices are both "
                          "set; a file is either pairs of texts or multiple "

@@ -3,7 +3,8 @@
 `--config.task=file:path/to/data.jsonl` (or .csv, .parquet) names the file;
 `config.task_fields` names its columns (w2s_jax/config.py):
 
-- `text` and `label`: one text per row, label 0/1 (or true/false);
+- `text` and `label`: one text per row, label 0/1 (or true/false), or
+  0..K-1 with `num_classes` K (a k-way task);
 - plus `text_pair`: two texts per row (premise and hypothesis, two
   sentences), shown as "<text>\\n\\n<text_pair>";
 - `choices` instead of a label-per-text: a multiple-choice layout, `text`
@@ -92,7 +93,7 @@ def spec_for(name: str, fields: dict) -> TaskSpec:
     stem = os.path.splitext(os.path.basename(path))[0]
     return TaskSpec(f"file-{stem}", path, None, None, "file", "file",
                     lambda row, rng: format_row(row, rng, fields, path),
-                    grouping)
+                    grouping, num_classes=_num_classes(fields))
 
 
 def checked_rows(path: str, fields: dict) -> list[dict]:
@@ -166,16 +167,25 @@ def _text(row, column, fields, path) -> str:
     return value
 
 
+def _num_classes(fields: dict) -> int:
+    return int(fields.get("num_classes") or 2)
+
+
 def _label(row, fields, path) -> int:
     value = _field(row, fields["label"], fields, path)
     word = str(value).strip().lower()
     if isinstance(value, float) and value.is_integer():
         word = str(int(value))
-    if word not in LABEL_WORDS:
+    k = _num_classes(fields)
+    words = LABEL_WORDS if k == 2 else {str(c): c for c in range(k)}
+    if word not in words:
+        allowed = ("0 or 1 (or true/false)" if k == 2 else
+                   f"an integer from 0 to {k - 1} (config.task_fields."
+                   f"num_classes={k})")
         raise DataError(f"{path}, line {row['__line__']}: label field "
                         f"{fields['label']!r} is {value!r}; a label must be "
-                        f"0 or 1 (or true/false)")
-    return LABEL_WORDS[word]
+                        f"{allowed}")
+    return words[word]
 
 
 def _choice_index(row, fields, path, n: int) -> int:
