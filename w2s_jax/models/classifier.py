@@ -93,56 +93,28 @@ class Classifier(nn.Module):
         return head(pooled)
 
 
-class PairScorer(nn.Module):
+class PairScorer(Classifier):
     """A reward model over preference pairs: logits [rows, 2] (float32).
 
     Input ids and mask are [rows, 2, L], completion A of each pair at [:, 0]
     and completion B at [:, 1], each a whole transcript right-padded on its
-    own. Every completion is scored alone, r = head(pool(backbone(...))),
-    with a bias-free scalar head, and the logits are [r(B), r(A)]: class 1
-    is "A is preferred", the anthropic_hh label, so the softmax gives
-    P(A preferred) = sigmoid(r(A) - r(B)), the Bradley-Terry model, and
-    every classification loss, metric and weak label applies unchanged. A
-    bias would cancel in the difference, hence none. Pooling, the head and
-    linear_probe are as in Classifier.
+    own. Every completion is scored alone by the Classifier with a scalar
+    head (num_classes 1: r = head(pool(backbone(...))), bias-free, as a
+    bias would cancel in the difference), and the logits are [r(B), r(A)]:
+    class 1 is "A is preferred", the anthropic_hh label, so the softmax
+    gives P(A preferred) = sigmoid(r(A) - r(B)), the Bradley-Terry model,
+    and every classification loss, metric and weak label applies unchanged.
     """
 
-    backbone: nn.Module
-    linear_probe: bool = False
-    head_init: str = "zeros"
-    pooling: str = "last"
+    num_classes: int = 1
 
-    def __post_init__(self):
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(
-                f"Unknown head_init {self.head_init!r}; choices: {sorted(HEAD_INITS)}"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(
-                f"Unknown pooling {self.pooling!r}; choices: {sorted(POOLINGS)}"
-            )
-        super().__post_init__()
-
-    @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         rows, pair, length = input_ids.shape
         # Both completions of a row go through the backbone as two ordinary
         # sequences: [rows, 2, L] -> [2 * rows, L], A and B of a row adjacent.
-        flat_mask = attention_mask.reshape(rows * pair, length)
-        hidden = self.backbone(input_ids.reshape(rows * pair, length),
-                               flat_mask).astype(jnp.float32)
-        pooled = POOLINGS[self.pooling](hidden, flat_mask)
-        if self.linear_probe:
-            pooled = jax.lax.stop_gradient(pooled)
-        head = nn.Dense(
-            1,
-            use_bias=False,
-            dtype=jnp.float32,
-            param_dtype=jnp.float32,
-            kernel_init=sharding.logical_init(HEAD_INITS[self.head_init], ("embed", "classes")),
-            name="head",
-        )
-        rewards = head(pooled).reshape(rows, pair)  # [r(A), r(B)]
+        rewards = super().__call__(input_ids.reshape(rows * pair, length),
+                                   attention_mask.reshape(rows * pair, length))
+        rewards = rewards.reshape(rows, pair)  # [r(A), r(B)]
         return rewards[:, ::-1]  # [r(B), r(A)]: class 1 = A preferred
 
 
