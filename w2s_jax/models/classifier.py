@@ -64,6 +64,9 @@ class Classifier(nn.Module):
     head_init: str = "zeros"
     pooling: str = "last"  # decoders: last real token; encoders: mean or first
 
+    # The input shape of one example (token positions), for tracing an init.
+    example_shape = (8,)
+
     def __post_init__(self):
         # Fail at construction, not at the first init/apply deep inside jit.
         if self.head_init not in HEAD_INITS:
@@ -107,6 +110,7 @@ class PairScorer(Classifier):
     """
 
     num_classes: int = 1
+    example_shape = (2, 8)  # two completions per example
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         rows, pair, length = input_ids.shape

@@ -94,9 +94,7 @@ def init_params(module: classifier.Classifier | classifier.PairScorer,
     `backbone_params` (numpy, shaped like the backbone) replace the
     checkpoint's: e.g. the weights of a generative finetune.
     """
-    # A pair scorer reads two completions per row: [rows, 2, L].
-    shape = (1, 2, 8) if isinstance(module, classifier.PairScorer) else (1, 8)
-    dummy = jnp.zeros(shape, jnp.int32)
+    dummy = jnp.zeros((1, *module.example_shape), jnp.int32)
 
     def init_fn(key):
         return module.init(key, dummy, jnp.ones_like(dummy))["params"]
