@@ -12,7 +12,12 @@ INSTALL_REQUIRES = [
     "datasets==5.2.0",
     "ml_collections==1.1.0",
     "tensorflow-datasets==4.9.10",
+    # TFDS's reader for array_record files: tfds: tasks read without TensorFlow.
+    "array_record==0.8.6",
+    # python-chess drives Stockfish for the chess puzzles (data/chess_puzzles.py).
+    "chess==1.11.2",
     "absl-py==2.5.1",
+    "matplotlib==3.11.2",  # the report's plots (python -m w2s_jax.report)
     "chex==0.1.92",
     "ml_dtypes",  # registers bfloat16 with numpy for bf16 safetensors
     "safetensors==0.8.0",

@@ -22,7 +22,7 @@ from w2s_jax.core.errors import UsageError
 from w2s_jax.data import tasks
 from w2s_jax.experiment import generative as generative_stage
 from w2s_jax.experiment import setup
-from w2s_jax.models import registry, tokenizers
+from w2s_jax.models import classifier, registry, tokenizers
 from w2s_jax.train import generative
 
 
@@ -31,11 +31,11 @@ def test_token_nll_by_hand():
                                [0.1, 0.1, 0.8]]], np.float32))
     ids = np.array([[0, 2, 1]], np.int32)
     # Full mask: positions 0 and 1 predict tokens 2 and 1.
-    total, count = generative.token_nll(jnp.asarray(logits), ids, np.ones_like(ids))
+    total, count = classifier.token_nll(jnp.asarray(logits), ids, np.ones_like(ids))
     np.testing.assert_allclose(total, [-np.log(0.5) - np.log(0.3)], rtol=1e-6)
     assert float(count[0]) == 2
     # The last token is padding: only position 0 predicts a real token.
-    total, count = generative.token_nll(jnp.asarray(logits), ids,
+    total, count = classifier.token_nll(jnp.asarray(logits), ids,
                                         np.array([[1, 1, 0]]))
     np.testing.assert_allclose(total, [-np.log(0.5)], rtol=1e-6)
     assert float(count[0]) == 1

@@ -52,8 +52,9 @@ def test_pair_logits_are_each_completion_scored_alone_b_then_a(pooling):
                                         max_ctx=64, overlength="truncate")
     learner = _learner(model, pooling, ids)
     # A normal head: a zero one scores every completion 0 and hides an error.
-    module = steps.build_pair_scorer(model, linear_probe=False,
-                                     head_init="normal", pooling=pooling)
+    module = steps.build_choice_scorer(model, candidates=2, pairs=True,
+                                       linear_probe=False, head_init="normal",
+                                       pooling=pooling)
     # Five rows for three examples: two filler rows, completions padded to
     # the longest of all six.
     input_ids, mask = learner.inputs("train", np.arange(3))(np.arange(3), 5)

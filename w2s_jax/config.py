@@ -17,7 +17,7 @@ OVERLENGTH_POLICIES = ("drop", "truncate")
 CEILING_HALVES = ("A", "B")
 LR_SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeros", "normal", "unembedding")
-MODES = ("finetune", "features", "reward")
+MODES = ("finetune", "features", "reward", "choice")
 POOLINGS = ("", "last", "mean", "first")
 # Below this many tokens every example is cut to almost nothing.
 MIN_CTX = 8
@@ -40,7 +40,10 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     # features extracted once (cached): the release's vision-style probe;
     # "reward" trains a reward model on preference pairs (tasks with
     # completions, e.g. anthropic_hh): a scalar head scores each completion
-    # and P(A preferred) = sigmoid(r(A) - r(B)), as the paper does.
+    # and P(A preferred) = sigmoid(r(A) - r(B)), as the paper does;
+    # "choice" scores each candidate of a task whose label picks one of
+    # them (task chess: the candidate moves): a tied decoder by the LM
+    # log-probability of each candidate, another model by a scalar head.
     cfg.mode = "finetune"
     cfg.pooling = ""  # "" = the family's default: last (decoders), mean (encoders)
     cfg.feature_layer = -1  # features mode: -1 = the output, k = after block k
@@ -64,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     # A local mirror laid out as <dir>/<task>/<split>.jsonl; "" means the
     # W2S_DATA_DIR environment variable, and if that is unset, the hub.
     config.data_dir = ""
+    # Where a --config.task=tfds:<builder> dataset is prepared (or is
+    # prepared to); "" means TFDS's default, $TFDS_DATA_DIR or
+    # ~/tensorflow_datasets (w2s_jax/data/tfds_tasks.py).
+    config.tfds_data_dir = ""
     config.n_train = 20000  # train pool, split into halves A and B
     config.n_test = 10000
     config.balance = True
@@ -73,6 +80,15 @@ def base_config() -> ml_collections.ConfigDict:
     # between runs (weak, ceiling, features) are trained once.
     config.seeds = ""
     config.losses = ""
+    # A grid in one command (w2s_jax/experiment/grid.py): `ladder` = model
+    # names, weakest first, every (weak, strong) pair of them a point;
+    # `tasks` = task names, each point run on each; `points` = a list of
+    # override dicts ({"weak.name": "gpt2", "loss_params.alpha_max": 0.5}),
+    # each a point. Every point runs config.seeds x config.losses; stages
+    # shared between runs are trained once, and `--shard=i/n` runs one
+    # deterministic share of the runs (shards may share the workdir).
+    config.grid = ml_collections.ConfigDict({"ladder": "", "tasks": "",
+                                             "points": []})
     config.max_ctx = 1024
     config.overlength = "drop"  # the release dropped long examples; we count them
     config.ceiling_half = "A"  # the release trains the ceiling on A; legacy on B
@@ -153,6 +169,20 @@ def base_config() -> ml_collections.ConfigDict:
     config.generative = ml_collections.ConfigDict({
         "epochs": 0, "text": "pool",
         "lr": ml_collections.FieldReference(None, field_type=float)})
+    # Chess puzzles (tasks chess and chess_binary; w2s_jax/data/
+    # chess_puzzles.py): `n_puzzles` positions from seeded play (`seed`,
+    # `min_plies`..`max_plies` plies, each a random legal move with
+    # probability `random_move_prob`, else Stockfish's depth-1 move), kept
+    # when Stockfish at `depth` (capped at `time_limit` seconds when > 0)
+    # finds a best move `margin_cp` centipawns ahead of the second; shown as
+    # the move list or the FEN (`view`); the chess task offers `candidates`
+    # moves. `engine` "" = stockfish on PATH or /usr/games/stockfish;
+    # `cache_dir` "" = ~/.cache/w2s_jax/chess.
+    config.chess = ml_collections.ConfigDict({
+        "n_puzzles": 1000, "seed": 0, "min_plies": 8, "max_plies": 40,
+        "random_move_prob": 0.5, "depth": 8, "time_limit": 0.0,
+        "margin_cp": 150, "view": "moves", "candidates": 4, "engine": "",
+        "cache_dir": ""})
     # Early stopping for every training stage: evaluate every `eval_every`
     # steps (0 = off) on the gold test set and on a validation slice
     # (`val_fraction` of the stage's own training examples, held out), and
@@ -231,10 +261,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     from w2s_jax.models import registry
 
     _check_keys(config, base_config(), prefix="config")
-    from w2s_jax.data import user_tasks
-    if not user_tasks.is_file_task(config.task):
+    from w2s_jax.data import tfds_tasks, user_tasks
+    if not (user_tasks.is_file_task(config.task)
+            or tfds_tasks.is_tfds_task(config.task)):
         _check_choice("config.task", config.task,
-                      tasks.task_names() + [f"{user_tasks.PREFIX}<path>"])
+                      tasks.task_names() + [f"{user_tasks.PREFIX}<path>",
+                                            f"{tfds_tasks.PREFIX}<builder>"])
     elif config.task_fields.num_classes < 2 or (
             config.task_fields.num_classes > 2 and config.task_fields.choices):
         raise UsageError(
@@ -265,6 +297,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         _check_choice(f"{field}.mode", model.mode, MODES)
         if model.mode == "reward":
             _check_reward(config, field, model)
+        _check_choice_mode(config, field, model)
         _check_choice(f"{field}.pooling", model.pooling, POOLINGS)
     from w2s_jax.experiment import recipes
     from w2s_jax.experiment.recipes import bootstrap
@@ -458,6 +491,34 @@ def _check_reward(config, field: str, model) -> None:
             f"{field}.head_init='unembedding' starts the head from label "
             f"tokens, but mode='reward' has a scalar reward head; use 'zeros' "
             f"or 'normal'")
+
+
+def _check_choice_mode(config, field: str, model) -> None:
+    """Task chess is scored candidate by candidate, in mode choice, which
+    fits no other task; chess settings are checked for both chess tasks."""
+    from w2s_jax.data import chess_puzzles, tasks
+    from w2s_jax.models import registry
+    if config.task in chess_puzzles.TASKS:
+        chess_puzzles.check_settings(config.chess.to_dict())
+    if model.mode in ("choice", "reward") and model.name == "bow-tfidf":
+        raise UsageError(f"{field}.mode={model.mode!r} scores token sequences; "
+                         f"'bow-tfidf' is a bag of words: use mode 'features'")
+    spec = registry.MODELS.get(model.name)
+    if (model.mode == "choice" and model.linear_probe and spec is not None
+            and spec.family in registry.DECODER_FAMILIES):
+        from w2s_jax.train import steps  # a hub decoder is checked once loaded
+        raise UsageError(f"{field}: " + steps.LM_PROBE_ERROR.format(name=model.name))
+    if (model.mode == "choice") == (config.task in tasks.CHOICES):
+        return
+    if model.mode == "choice":
+        raise UsageError(
+            f"{field}.mode='choice' scores each candidate of a task whose label "
+            f"picks one (tasks: {', '.join(sorted(tasks.CHOICES))}); task "
+            f"{config.task!r} has none: use mode 'finetune' or 'features'")
+    raise UsageError(
+        f"task {config.task!r} scores each candidate move: set "
+        f"{field}.mode='choice' (or use task chess_binary, one (position, "
+        f"move) pair per example, with any mode)")
 
 
 def _check_generative(config) -> None:

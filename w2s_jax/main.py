@@ -40,6 +40,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for stages and results; reused on reruns.")
+_SHARD = flags.DEFINE_string(
+    "shard", "", "i/n: run the i-th of n deterministic shares of the config's "
+    "grid (or seeds x losses); shards may share one workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,7 +60,9 @@ def main(argv):
         console.setup(_WORKDIR.value, defer_file=True)
         # Before anything touches devices: the job's devices span every host.
         distributed.initialize(_CONFIG.value)
-        run.run(_CONFIG.value, _WORKDIR.value)
+        from w2s_jax.experiment import grid
+        shard = grid.parse_shard(_SHARD.value) if _SHARD.value else None
+        run.run(_CONFIG.value, _WORKDIR.value, shard=shard)
     except errors.ExpectedError as err:
         fail(err)
     except checkpoint.Preempted as stop:

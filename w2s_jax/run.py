@@ -15,17 +15,20 @@ import json
 import ml_collections
 
 from w2s_jax import config as config_lib
-from w2s_jax.core import console
+from w2s_jax.core import console, stages
 from w2s_jax.core.progress import log
-from w2s_jax.experiment import preflight, setup
+from w2s_jax.experiment import grid, preflight, setup
 from w2s_jax.experiment.recipes import get_recipe
+from w2s_jax.report import publish
 from w2s_jax.report import results as results_lib
 from w2s_jax.report import summary as summary_lib
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        shard: tuple[int, int] | None = None) -> dict:
     """Every run of the config; returns the results of a single run, or the
-    summary of several.
+    summary of several, or for a grid (or a shard, `(i, n)`) the results of
+    each of its runs ({"runs": [...]}).
 
     Everything that can be checked before any work is checked first (the
     config, the workdir, the data files, the model directories), and
@@ -33,6 +36,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     are set up; a failure until then leaves the workdir as it was.
     """
     config_lib.validate(config)
+    if grid.is_grid(config) or shard is not None:
+        return run_grid(config, workdir, shard or (0, 1))
     preflight.check(config, workdir)
     seeds = config_lib.sweep_values(config.seeds, int, "config.seeds") or [config.seed]
     loss_names = (config_lib.sweep_values(config.losses, str, "config.losses")
@@ -59,13 +64,42 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     output = recipe(ctx)
     results = results_lib.build_results(ctx=ctx, output=output)
     path = results_lib.write_results(results, workdir)
+    publish.publish(results, ctx, results_lib.run_name(results))
     log(results_lib.summary_table(results))
     log(f"[results] {path}")
     return results
 
 
+def run_grid(config: ml_collections.ConfigDict, workdir: str,
+             shard: tuple[int, int]) -> dict:
+    """This shard's runs of the grid (experiment/grid.py), each checked
+    before any runs; a table of every run at the end."""
+    index, count = shard
+    every = grid.units(config)
+    mine = every[index::count]
+    checked = set()
+    for unit in mine:
+        config_lib.validate(unit)
+        key = (unit.task, tuple(m.name for m in config_lib.model_list(unit)))
+        if key not in checked:
+            checked.add(key)
+            preflight.check(unit, workdir)
+    log(f"[grid] {len(every)} runs in the grid"
+        + (f"; shard {index}/{count} runs {len(mine)}" if count > 1 else ""))
+    runs = grid.run(mine, run_one, workdir,
+                    poll_s=stages.ClaimTiming.from_env().poll_s)
+    out = {"runs": runs}
+    log(table(out))
+    log(f"[results] every run is in {publish.store_dir(workdir)}; tables and "
+        f"plots: python -m w2s_jax.report --workdir={workdir}")
+    return out
+
+
 def table(out: dict) -> str:
-    """The readable table of what `run` returned (one run or a summary)."""
+    """The readable table of what `run` returned (one run, a summary, or
+    a grid's runs)."""
+    if "runs" in out:
+        return results_lib.runs_table(out["runs"])
     if "losses" in out and "runs" in next(iter(out["losses"].values())):
         return summary_lib.summary_table(out)
     return results_lib.summary_table(out)

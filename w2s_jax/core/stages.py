@@ -51,6 +51,7 @@ not safe there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -309,10 +310,34 @@ class Claim:
                     f"stores the stage")
 
 
+class StageBusy(Exception):
+    """A stage another process is computing, raised instead of waiting
+    under `no_waiting` (a grid moves on to other runs and comes back)."""
+
+    def __init__(self, stage_id: str, holder: str):
+        super().__init__(f"stage {stage_id} is being computed by {holder}")
+        self.stage_id = stage_id
+
+
+# [False] inside `no_waiting`: a list, so the flag is shared and mutable.
+_WAITING = [True]
+
+
+@contextlib.contextmanager
+def no_waiting():
+    """Within it, `acquire` raises StageBusy where it would wait."""
+    _WAITING[0] = False
+    try:
+        yield
+    finally:
+        _WAITING[0] = True
+
+
 def acquire(stages_dir: str, name: str, key: str,
             timing: ClaimTiming | None = None) -> Claim | None:
     """Wait until stage `<name>-<key>` is finished (None) or this job holds
-    its claim (a Claim: compute, then `release`).
+    its claim (a Claim: compute, then `release`); under `no_waiting`,
+    raise StageBusy instead of waiting.
 
     Collective: every process of a multi-host job calls it; process 0 does
     the filesystem work and, at every poll, tells the others its outcome, so
@@ -336,6 +361,9 @@ def acquire(stages_dir: str, name: str, key: str,
             if isinstance(outcome, Claim):
                 return outcome
             return Claim(stages_dir, stage_id, gen, None, timing)
+        if not _WAITING[0]:
+            raise StageBusy(stage_id, outcome.describe()
+                            if isinstance(outcome, Holder) else "another process")
         now = time.monotonic()
         if isinstance(outcome, Holder):
             if waiting_since is None:

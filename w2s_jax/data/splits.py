@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2s_jax.core.errors import DataError, UsageError
-from w2s_jax.data import sources, user_tasks
+from w2s_jax.data import chess_puzzles, sources, tfds_tasks, user_tasks
 from w2s_jax.data.tasks import ROW, Grouping, get_task
 
 log = logging.getLogger(__name__)
@@ -252,13 +252,19 @@ def _prepare_side(spec, side: str, split: str, rows: list, seed: int,
 
 def load_task(name: str, *, data_dir: str | None, seed: int,
               n_train: int | None, n_test: int | None,
-              balance: bool = True, task_fields: dict | None = None) -> TaskData:
+              balance: bool = True, task_fields: dict | None = None,
+              tfds_data_dir: str | None = None,
+              chess: dict | None = None) -> TaskData:
     """The train pool and gold test set of task `name`.
 
     data_dir: a mirror directory, or None for the hub (resolve a config
     value with `sources.resolve_data_dir` first). n_train / n_test: sizes
     to take after balancing, None = all. A `file:<path>` task reads that
-    file with `task_fields` (data/user_tasks.py) and carves it.
+    file with `task_fields` (data/user_tasks.py) and carves it; a
+    `tfds:<builder>` task reads TFDS's files under `tfds_data_dir` (None =
+    TFDS's default) with `task_fields` (data/tfds_tasks.py); a chess task
+    generates (or reads cached) puzzles with `chess`, the config.chess
+    settings (data/chess_puzzles.py), and carves them.
     """
     for field, n in (("n_train", n_train), ("n_test", n_test)):
         if n is not None and n <= 0:
@@ -269,17 +275,26 @@ def load_task(name: str, *, data_dir: str | None, seed: int,
                 "splits": {"train": "file", "test": "file"},
                 "carve_out": {"from_split": "file",
                               "reason": "a user file is one split"}}
+
+        def read(split):  # the file is its one split
+            return user_tasks.checked_rows(spec.hub_id, task_fields or {})
+    elif chess_puzzles.is_chess_task(name):
+        spec, plan, read = chess_puzzles.open_task(name, chess or {})
+    elif tfds_tasks.is_tfds_task(name):
+        spec, plan, read = tfds_tasks.open_task(name, task_fields or {},
+                                                tfds_data_dir)
     else:
         spec = get_task(name)
         plan = plan_splits(spec, data_dir)
+
+        def read(split):
+            return sources.load_raw(spec, split, data_dir)
     splits = plan["splits"]
     if plan["carve_out"] is None:
-        train_rows = sources.load_raw(spec, splits["train"], data_dir)
-        test_rows = sources.load_raw(spec, splits["test"], data_dir)
+        train_rows = read(splits["train"])
+        test_rows = read(splits["test"])
     else:
-        all_rows = (user_tasks.checked_rows(spec.hub_id, task_fields or {})
-                    if user_tasks.is_file_task(name) else
-                    sources.load_raw(spec, splits["train"], data_dir))
+        all_rows = read(splits["train"])
         train_rows, test_rows, carve_info = carve(all_rows, spec.name,
                                                   grouping=spec.grouping)
         plan["carve_out"].update(carve_info, rows_read=len(all_rows))

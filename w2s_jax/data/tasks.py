@@ -248,6 +248,16 @@ def hh_completions(text: str) -> list[str]:
 COMPLETIONS = {"anthropic_hh": hh_completions}
 
 
+def _chess_candidates(text: str) -> list[str]:
+    from w2s_jax.data import chess_puzzles  # it builds on this module
+    return chess_puzzles.candidate_texts(text)
+
+
+# Tasks whose label is the index of the right one among each example's
+# candidate texts, which mode "choice" scores one by one.
+CHOICES = {"chess": _chess_candidates}
+
+
 # ---- the rest of the paper's 22 datasets (w2s_facts.md section 5) ----
 
 # The hub's own Parquet conversion of a dataset, for hub repositories that
@@ -681,11 +691,14 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 
 
 def task_names() -> list[str]:
-    return sorted(TASKS)
+    """Every registered task, the generated chess tasks included (their
+    specs depend on config.chess: chess_puzzles.spec_for)."""
+    from w2s_jax.data import chess_puzzles  # it builds on this module
+    return sorted([*TASKS, *chess_puzzles.TASKS])
 
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: "
-                         f"{', '.join(task_names())}")
+        raise ValueError(f"unknown task {name!r}; registered tasks: "
+                         f"{', '.join(sorted(TASKS))}")
     return TASKS[name]

@@ -17,7 +17,8 @@ import ml_collections
 
 from w2s_jax import config as config_lib
 from w2s_jax.core.errors import ExpectedError, WorkdirError
-from w2s_jax.data import sources, splits, tasks, user_tasks
+from w2s_jax.data import (chess_puzzles, sources, splits, tasks, tfds_tasks,
+                          user_tasks)
 from w2s_jax.models import registry
 
 
@@ -73,11 +74,22 @@ def check_workdir(workdir: str) -> None:
 def check_data(config: ml_collections.ConfigDict) -> None:
     """Every mirror file the run will read parses, row by row (the first
     bad line named); without a mirror, the hub can be read (or its cache,
-    where the hub is switched off)."""
+    where the hub is switched off). A file or TFDS task's rows all format
+    with config.task_fields."""
     if user_tasks.is_file_task(config.task):
         user_tasks.check_name(config.task)
         user_tasks.checked_rows(user_tasks.path_of(config.task),
                                 config.task_fields.to_dict())
+        return
+    if chess_puzzles.is_chess_task(config.task):
+        chess_puzzles.find_engine(config.chess.engine)  # puzzles come later
+        return
+    if tfds_tasks.is_tfds_task(config.task):
+        _, plan, read = tfds_tasks.open_task(
+            config.task, config.task_fields.to_dict(),
+            config.tfds_data_dir or None)
+        for split in sorted(set(plan["splits"].values())):
+            read(split)
         return
     data_dir = sources.resolve_data_dir(config.data_dir or None)
     spec = tasks.get_task(config.task)

@@ -119,7 +119,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Context:
     data = splits.load_task(
         config.task, data_dir=sources.resolve_data_dir(config.data_dir or None),
         seed=config.seed, n_train=config.n_train, n_test=config.n_test,
-        balance=config.balance, task_fields=config.task_fields.to_dict())
+        balance=config.balance, task_fields=config.task_fields.to_dict(),
+        tfds_data_dir=config.tfds_data_dir or None, chess=config.chess.to_dict())
     log(f"[data] {config.task}: {len(data.train_texts)} train pool, "
         f"{len(data.test_texts)} test ({data.provenance.get('source')})")
     model_configs = config_lib.model_list(config)
@@ -156,16 +157,19 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
     pooling = model_cfg.pooling or registry.default_pooling(model)
     ids = ctx.tokens.ids.get(index)
     start = None if model.family == registry.BOW_FAMILY else ctx.start(index)
-    if mode == "reward":
-        # config.validate allowed mode reward only for tasks in COMPLETIONS.
-        split = tasks.COMPLETIONS[config.task]
-        pairs = {side: learners.PairLearner.tokenize(
+    if mode in ("reward", "choice"):
+        # config.validate allowed these modes only for tasks with candidates.
+        split = (tasks.COMPLETIONS if mode == "reward"
+                 else tasks.CHOICES)[config.task]
+        learner = (learners.PairLearner if mode == "reward"
+                   else learners.ChoiceLearner)
+        candidates = {side: learner.tokenize(
             model.tokenizer, [split(text) for text in texts],
             max_ctx=config.max_ctx, overlength=config.overlength)
             for side, texts in ctx.texts.items()}
-        return learners.PairLearner(role, model, model_cfg, pooling, settings,
-                                    pairs, compute_dtype=config.compute_dtype,
-                                    remat=config.remat, start=start)
+        return learner(role, model, model_cfg, pooling, settings, candidates,
+                       compute_dtype=config.compute_dtype, remat=config.remat,
+                       start=start)
     if mode == "finetune":
         return learners.TokenLearner(role, model, model_cfg, pooling, settings,
                                      ids, compute_dtype=config.compute_dtype,

@@ -96,30 +96,74 @@ class Classifier(nn.Module):
         return head(pooled)
 
 
-class PairScorer(Classifier):
-    """A reward model over preference pairs: logits [rows, 2] (float32).
+def token_nll(logits: jax.Array, input_ids: jax.Array,
+              attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(summed NLL [B], predicted tokens [B]) of each row's next tokens.
 
-    Input ids and mask are [rows, 2, L], completion A of each pair at [:, 0]
-    and completion B at [:, 1], each a whole transcript right-padded on its
-    own. Every completion is scored alone by the Classifier with a scalar
-    head (num_classes 1: r = head(pool(backbone(...))), bias-free, as a
-    bias would cancel in the difference), and the logits are [r(B), r(A)]:
-    class 1 is "A is preferred", the anthropic_hh label, so the softmax
-    gives P(A preferred) = sigmoid(r(A) - r(B)), the Bradley-Terry model,
-    and every classification loss, metric and weak label applies unchanged.
+    Position t predicts token t+1 when both are real tokens (right padding:
+    the mask is a prefix of ones)."""
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    nxt = input_ids[:, 1:]
+    picked = jnp.take_along_axis(log_probs, nxt[..., None], axis=-1)[..., 0]
+    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
+    return -(picked * valid).sum(-1), valid.sum(-1)
+
+
+class ChoiceScorer(Classifier):
+    """Scores each of an example's candidate sequences: logits [rows, K].
+
+    Input ids and mask are [rows, K, L], candidate k of each example at
+    [:, k], each a whole sequence right-padded on its own; the softmax over
+    the K scores is the model's distribution over the candidates, so every
+    classification loss, metric and weak label applies unchanged.
+
+    A candidate's score is a scalar head on its pooled hidden state
+    (num_classes 1, bias-free: a bias would cancel in the softmax), or,
+    with `embedding_path` set (a tied decoder: the path of its token
+    embedding table in the backbone's params), its log-probability under
+    the decoder's LM head. The candidates share their prompt, whose
+    log-probability is then the same for all K and cancels in the softmax,
+    so that is the probability of each candidate's continuation.
     """
 
     num_classes: int = 1
-    example_shape = (2, 8)  # two completions per example
+    candidates: int = 2
+    embedding_path: tuple[str, ...] = ()
+
+    @property
+    def example_shape(self):  # K candidates per example
+        return (self.candidates, 8)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        rows, pair, length = input_ids.shape
-        # Both completions of a row go through the backbone as two ordinary
-        # sequences: [rows, 2, L] -> [2 * rows, L], A and B of a row adjacent.
-        rewards = super().__call__(input_ids.reshape(rows * pair, length),
-                                   attention_mask.reshape(rows * pair, length))
-        rewards = rewards.reshape(rows, pair)  # [r(A), r(B)]
-        return rewards[:, ::-1]  # [r(B), r(A)]: class 1 = A preferred
+        rows, k, length = input_ids.shape
+        # All candidates go through the backbone as ordinary sequences:
+        # [rows, K, L] -> [rows * K, L], an example's candidates adjacent.
+        flat_ids = input_ids.reshape(rows * k, length)
+        flat_mask = attention_mask.reshape(rows * k, length)
+        if not self.embedding_path:
+            return super().__call__(flat_ids, flat_mask).reshape(rows, k)
+        hidden = self.backbone(flat_ids, flat_mask).astype(jnp.float32)
+        table = self.backbone.variables["params"]
+        for key in self.embedding_path:
+            table = table[key]
+        # Boxed with its logical axes while init traces the module.
+        logits = hidden @ nn.unbox(table).T.astype(jnp.float32)
+        nll, _ = token_nll(logits, flat_ids, flat_mask)
+        return -nll.reshape(rows, k)
+
+
+class PairScorer(ChoiceScorer):
+    """A reward model over preference pairs: logits [rows, 2] (float32).
+
+    Completion A of each pair at [:, 0] and completion B at [:, 1], each
+    scored by the scalar head (ChoiceScorer), and the logits are
+    [r(B), r(A)]: class 1 is "A is preferred", the anthropic_hh label, so
+    the softmax gives P(A preferred) = sigmoid(r(A) - r(B)), the
+    Bradley-Terry model.
+    """
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        return super().__call__(input_ids, attention_mask)[:, ::-1]
 
 
 def head_from_unembedding(wte: jax.Array | np.ndarray, token_ids: Sequence[int]):

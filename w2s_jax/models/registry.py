@@ -17,6 +17,10 @@ import os
 import socket
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from w2s_jax.core.errors import ModelError, UsageError
 from w2s_jax.models import bert, bow, gpt2, llama, mpnet, offline, tokenizers, weights
 from w2s_jax.core.progress import log
@@ -338,6 +342,17 @@ def _weights_digest(path: str) -> str:
 def backbone(model: ResolvedModel, **module_fields):
     """The family's backbone module; `module_fields` e.g. dtype, remat."""
     return FAMILIES[model.family].backbone(model.backbone_config, **module_fields)
+
+
+def param_count(model: ResolvedModel) -> int:
+    """The backbone's parameter count (from shapes alone, nothing is
+    allocated); a bag of words counts its vocabulary, one weight per word
+    for its linear head. Reports plot PGR against size ratios with it."""
+    if model.family == BOW_FAMILY:
+        return int(model.source["vocab_size"])
+    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    shapes = jax.eval_shape(backbone(model).init, jax.random.key(0), ids, ids)
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
 
 def default_pooling(model: ResolvedModel) -> str:

@@ -239,6 +239,25 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def runs_table(runs: list[dict]) -> str:
+    """One line per run of a grid: each comparison's supervisor, student
+    and ceiling accuracy and its PGR."""
+    lines = ["| task | models | loss | seed | comparison | supervisor | student "
+             "| ceiling | PGR |", "|---|---|---|---|---|---|---|---|---|"]
+    for results in runs:
+        gold = results["gold_test"]
+        for name in results["comparison_order"]:
+            comp = results["comparisons"][name]
+            lines.append(
+                f"| {results['task']} | {' -> '.join(results['models'])} | "
+                f"{results['loss']} | {results['seed']} | {name} | "
+                f"{_fmt(gold[comp['supervisor']]['accuracy'])} | "
+                f"{_fmt(gold[comp['student']]['accuracy'])} | "
+                f"{_fmt(gold[comp['ceiling']]['accuracy'])} | "
+                f"{_fmt(comp['pgr']['accuracy'])} |")
+    return "\n".join(lines)
+
+
 def summary_table(results: dict) -> str:
     gold, data = results["gold_test"], results["data"]
     lines = [

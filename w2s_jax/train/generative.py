@@ -22,21 +22,8 @@ import numpy as np
 
 from w2s_jax.core import sharding
 from w2s_jax.data import batching
-from w2s_jax.models import registry
+from w2s_jax.models import classifier, registry
 from w2s_jax.train import losses
-
-
-def token_nll(logits: jax.Array, input_ids: jax.Array,
-              attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(summed NLL [B], predicted tokens [B]) of each row's next tokens.
-
-    Position t predicts token t+1 when both are real tokens (right padding:
-    the mask is a prefix of ones)."""
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nxt = input_ids[:, 1:]
-    picked = jnp.take_along_axis(log_probs, nxt[..., None], axis=-1)[..., 0]
-    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).astype(jnp.float32)
-    return -(picked * valid).sum(-1), valid.sum(-1)
 
 
 def lm_forward(model: registry.ResolvedModel, backbone) -> Callable:
@@ -46,7 +33,7 @@ def lm_forward(model: registry.ResolvedModel, backbone) -> Callable:
         input_ids, mask = inputs
         hidden = backbone.apply({"params": params}, input_ids, mask)
         logits = registry.lm_logits(model, params, hidden.astype(jnp.float32))
-        total, count = token_nll(logits, input_ids, mask)
+        total, count = classifier.token_nll(logits, input_ids, mask)
         return (total / jnp.maximum(count, 1.0))[:, None]
     return forward
 
@@ -68,7 +55,7 @@ def heldout_nll(model: registry.ResolvedModel, backbone, params,
         with sharding.activation_rules(mesh):
             hidden = backbone.apply({"params": p}, input_ids, mask)
             logits = registry.lm_logits(model, p, hidden.astype(jnp.float32))
-        total, count = token_nll(logits, input_ids, mask)
+        total, count = classifier.token_nll(logits, input_ids, mask)
         return total.sum(), count.sum()
 
     step = jax.jit(sums, in_shardings=(None, sharding.batch_sharding(mesh, 0)),

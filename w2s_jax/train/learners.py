@@ -1,5 +1,6 @@
-"""What a stage trains: a whole model on tokens (or a reward model on the
-two completions of preference pairs), or a head on frozen features.
+"""What a stage trains: a whole model on tokens (or a scorer of each
+example's candidates: the two completions of a preference pair, a chess
+puzzle's moves), or a head on frozen features.
 
 All present the same small interface to `experiment.finetune_stage`
 (inputs for any subset of the train pool or test set, a fresh model, and
@@ -72,80 +73,97 @@ class TokenLearner:
 
 
 @dataclasses.dataclass
-class PairLearner(TokenLearner):
-    """Finetunes a reward model on preference pairs (mode "reward").
+class ChoiceLearner(TokenLearner):
+    """Finetunes a scorer of each example's K candidates (mode "choice",
+    e.g. the candidate moves of a chess puzzle).
 
-    `ids[side][i]` holds example i's two completions (A, B), tokenized
-    separately (`tokenize`); a models.classifier.PairScorer scores each
-    one, and its logits [r(B), r(A)] make the stage an ordinary binary
-    classifier of "A is preferred", so losses, weak labels and metrics
-    apply unchanged. Batches keep one row per example ([rows, 2, L]), so
-    the loops' sharding and per-process row selection are as for tokens.
+    `ids[side][i]` holds example i's K candidate sequences, tokenized
+    separately (`tokenize`); a models.classifier.ChoiceScorer scores each
+    one, and its logits [rows, K] make the stage an ordinary K-way
+    classifier, so losses, weak labels and metrics apply unchanged. Batches
+    keep one row per example ([rows, K, L]), so the loops' sharding and
+    per-process row selection are as for tokens.
     """
-    ids: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    ids: dict[str, list[tuple[np.ndarray, ...]]]
+    mode = "choice"
 
     @staticmethod
-    def tokenize(tokenizer, completions: list[list[str]], *, max_ctx: int,
-                 overlength: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(A ids, B ids) of each example's two completion texts; with
-        overlength 'truncate' each keeps its LAST max_ctx tokens (the reply).
+    def tokenize(tokenizer, candidates: list[list[str]], *, max_ctx: int,
+                 overlength: str) -> list[tuple[np.ndarray, ...]]:
+        """The ids of each example's candidate texts; with overlength
+        'truncate' each keeps its LAST max_ctx tokens (the candidate).
 
-        Under 'drop' the examples were already kept by their pair text,
-        which holds the conversation and both replies, so each completion
-        fits; one that does not would have to be dropped here, out of step
-        with every other stage's examples, so it is an error instead.
+        Under 'drop' the examples were already kept by their whole text,
+        which holds every candidate, so each candidate fits; one that does
+        not would have to be dropped here, out of step with every other
+        stage's examples, so it is an error instead.
         """
-        tokens = batching.tokenize(tokenizer, [t for pair in completions
-                                               for t in pair],
+        k = len(candidates[0])
+        tokens = batching.tokenize(tokenizer, [t for group in candidates
+                                               for t in group],
                                    max_ctx=max_ctx, overlength=overlength)
         if overlength == "drop" and tokens.too_long.any():
             raise DataError(
-                f"{int(tokens.too_long.sum())} completions are longer than "
-                f"max_ctx={max_ctx} although their pair's text fits; set "
+                f"{int(tokens.too_long.sum())} candidates are longer than "
+                f"max_ctx={max_ctx} although their example's text fits; set "
                 f"config.overlength=truncate")
-        return list(zip(tokens.ids[0::2], tokens.ids[1::2]))
+        return [tuple(tokens.ids[i:i + k]) for i in range(0, len(tokens.ids), k)]
+
+    @property
+    def candidates(self) -> int:
+        return len(next(iter(self.ids.values()))[0])
 
     @property
     def spec(self) -> dict:
-        return {**super().spec, "mode": "reward"}
+        return {**super().spec, "mode": self.mode}
 
     def fingerprint(self, side: str, indices: np.ndarray) -> str:
         return stages.fingerprint(*[x for i in indices for x in self.ids[side][i]])
 
     def lengths(self, side: str, indices: np.ndarray) -> np.ndarray:
-        # A row is as long as its longer completion: batches are grouped by
+        # A row is as long as its longest candidate: batches are grouped by
         # it, and loop._process_inputs builds the longest row first.
-        return np.array([max(len(a), len(b))
-                         for a, b in (self.ids[side][i] for i in indices)])
+        return np.array([max(len(x) for x in self.ids[side][i])
+                         for i in indices])
 
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
-        # Completions flat: example k's A at 2k, its B at 2k + 1, so one
-        # batching.pad gives both a common length (and filler rows a real
-        # position), and a reshape gives the rows back.
+        # Candidates flat: example j's k-th at K * j + k, so one batching.pad
+        # gives all a common length (and filler rows a real position), and
+        # a reshape gives the rows back.
+        k = self.candidates
         flat = [x for i in indices for x in self.ids[side][i]]
         pad_id, max_ctx = self.model.tokenizer.pad_id, self.settings.max_ctx
 
         def make_inputs(local, rows):
             local = np.asarray(local)
             ids, mask = batching.pad(
-                flat, np.stack([2 * local, 2 * local + 1], axis=1).ravel(),
-                rows=2 * rows, max_ctx=max_ctx, pad_id=pad_id)
-            return ids.reshape(rows, 2, -1), mask.reshape(rows, 2, -1)
+                flat, (k * local[:, None] + np.arange(k)).ravel(),
+                rows=k * rows, max_ctx=max_ctx, pad_id=pad_id)
+            return ids.reshape(rows, k, -1), mask.reshape(rows, k, -1)
         return make_inputs
 
     def init(self, num_classes: int, seed: int, mesh):
-        if num_classes != 2:
-            raise ValueError(f"a reward model compares two completions; "
-                             f"the targets have {num_classes} classes")
+        if num_classes != self.candidates:
+            raise ValueError(f"the examples have {self.candidates} candidates "
+                             f"but the targets {num_classes} classes")
         cfg = self.model_config
-        module = steps.build_pair_scorer(
-            self.model, linear_probe=cfg.linear_probe, head_init=cfg.head_init,
+        module = steps.build_choice_scorer(
+            self.model, candidates=self.candidates,
+            linear_probe=cfg.linear_probe, head_init=cfg.head_init,
             pooling=self.pooling, compute_dtype=self.compute_dtype,
-            remat=self.remat)
+            remat=self.remat, pairs=self.mode == "reward")
         params = steps.init_params(
             module, self.model, head_init=cfg.head_init, seed=seed, mesh=mesh,
             backbone_params=self.start[1] if self.start else None)
         return steps.module_forward(module), params
+
+
+@dataclasses.dataclass
+class PairLearner(ChoiceLearner):
+    """A reward model on the two completions (A, B) of preference pairs
+    (mode "reward"): a models.classifier.PairScorer, whose logits
+    [r(B), r(A)] make class 1 "A is preferred"."""
+    mode = "reward"
 
 
 @dataclasses.dataclass

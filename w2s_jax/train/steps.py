@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from w2s_jax.core import sharding
+from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
 from w2s_jax.models import classifier, registry, tokenizers
 
@@ -52,16 +53,38 @@ def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
         head_init=module_head_init, pooling=pooling)
 
 
-def build_pair_scorer(model: registry.ResolvedModel, *, linear_probe: bool,
-                      head_init: str, pooling: str,
-                      compute_dtype: str = "float32",
-                      remat: str = "none") -> classifier.PairScorer:
-    """The reward model of mode "reward": a scalar head scoring each
-    completion of a pair (classifier.PairScorer); arguments as for
-    build_classifier, less the classes (always 2: B or A preferred)."""
-    return classifier.PairScorer(
-        backbone=_backbone(model, compute_dtype, remat),
+def build_choice_scorer(model: registry.ResolvedModel, *, candidates: int,
+                        linear_probe: bool, head_init: str, pooling: str,
+                        compute_dtype: str = "float32", remat: str = "none",
+                        pairs: bool = False) -> classifier.ChoiceScorer:
+    """A scorer of each example's candidates (classifier.ChoiceScorer):
+    mode "choice" scores a tied decoder's candidates by its LM head and any
+    other model's by a scalar head; mode "reward" (`pairs`) is the
+    PairScorer, a scalar head over the two completions of a preference pair.
+    Other arguments as for build_classifier."""
+    backbone = _backbone(model, compute_dtype, remat)
+    if pairs:
+        return classifier.PairScorer(backbone=backbone, linear_probe=linear_probe,
+                                     head_init=head_init, pooling=pooling)
+    path = (registry.FAMILIES[model.family].embedding_path
+            if choice_by_lm(model) else ())
+    if path and linear_probe:
+        raise UsageError(LM_PROBE_ERROR.format(name=model.name))
+    return classifier.ChoiceScorer(
+        backbone=backbone, candidates=candidates, embedding_path=path,
         linear_probe=linear_probe, head_init=head_init, pooling=pooling)
+
+
+LM_PROBE_ERROR = ("mode 'choice' scores decoder {name!r}'s candidates by its LM "
+             "head, the backbone itself: linear_probe=True would freeze all "
+             "of it; set linear_probe=False")
+
+
+def choice_by_lm(model: registry.ResolvedModel) -> bool:
+    """Mode "choice" scores by the LM head where the model has one loaded:
+    a decoder whose head is its (tied) embedding table."""
+    return (model.family in registry.DECODER_FAMILIES and
+            getattr(model.backbone_config, "tie_word_embeddings", True))
 
 
 def _backbone(model: registry.ResolvedModel, compute_dtype: str, remat: str):
@@ -82,7 +105,7 @@ def init_sharded(init_fn: Callable, key, mesh, rules=sharding.RULES) -> Any:
     return jax.jit(init_fn, out_shardings=shardings)(key)
 
 
-def init_params(module: classifier.Classifier | classifier.PairScorer,
+def init_params(module: classifier.Classifier,
                 model: registry.ResolvedModel, *,
                 head_init: str, seed: int, mesh, rules=sharding.RULES,
                 backbone_params=None) -> Any:
@@ -108,10 +131,12 @@ def init_params(module: classifier.Classifier | classifier.PairScorer,
         backbone = (registry.pretrained_backbone_params(model, abstract["backbone"])
                     if backbone_params is None else
                     _checked(backbone_params, abstract["backbone"]))
-        shape = abstract["head"]["kernel"].shape
-        head = (np.zeros(shape, np.float32) if head_init != "normal" else
-                0.02 * np.asarray(jax.random.normal(key, shape), np.float32))
-        params = {"backbone": backbone, "head": {"kernel": head}}
+        params = {"backbone": backbone}
+        if "head" in abstract:  # an LM-scored ChoiceScorer has none
+            shape = abstract["head"]["kernel"].shape
+            params["head"] = {"kernel": (
+                np.zeros(shape, np.float32) if head_init != "normal" else
+                0.02 * np.asarray(jax.random.normal(key, shape), np.float32))}
     if head_init == "unembedding":
         ids = tokenizers.label_token_ids(model.tokenizer, module.num_classes)
         wte = registry.embedding_table(model, params["backbone"])
@@ -174,7 +199,7 @@ def make_optimizer(settings: TrainSettings, total_steps: int):
 
 def module_forward(module) -> Callable:
     """forward(params, (input_ids, attention_mask)) -> logits, for a
-    Classifier or a PairScorer."""
+    Classifier or a ChoiceScorer."""
     def forward(params, inputs):
         return module.apply({"params": params}, *inputs)
     return forward

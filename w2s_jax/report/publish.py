@@ -1,0 +1,114 @@
+"""The result store: every finished run, appended, readable without the code.
+
+    <workdir>/store/runs/<run id>.json   one record per run (written whole,
+                                          then renamed into place)
+    <workdir>/store/index.jsonl          every record, one per line, rebuilt
+                                          from runs/ after each run
+
+A record holds what reports need, from the run's results and stages alone:
+task, recipe, loss, seed, the models (weakest first) with their parameter
+counts, which model each stage trained, every stage's gold test metrics,
+the comparisons (PGR, agreement), each stage's training loss curve, and the
+whole config. `python -m w2s_jax.report` reads the index only.
+
+Shards of a grid share one store: each writes its own run files, and the
+index is rebuilt under a lock directory (mkdir is atomic on local
+filesystems and NFS), so a rebuild never misses a run another process
+finished before it; a lock left by a killed process expires.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+import time
+
+from w2s_jax.core import distributed
+from w2s_jax.models import registry
+
+INDEX = "index.jsonl"
+_LOCK_STALE_S = 60.0
+
+
+def store_dir(workdir: str) -> str:
+    return os.path.join(workdir, "store")
+
+
+def record(results: dict, ctx, run_id: str) -> dict:
+    """The store's record of one run (module docstring)."""
+    stages = results["stages"]
+    curves = {}
+    for name, stage in stages.items():
+        with open(os.path.join(ctx.workdir, stage["path"], "record.json")) as f:
+            curves[name] = json.load(f).get("loss_curve", [])
+    return {
+        "run_id": run_id,
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"),
+        "task": results["task"], "recipe": results["recipe"],
+        "loss": results["loss"], "seed": results["seed"],
+        "models": results["models"],
+        "model_params": {m.name: registry.param_count(m) for m in ctx.models},
+        "stage_models": {name: stage["model"] for name, stage in stages.items()},
+        "gold_test": results["gold_test"],
+        "comparisons": results["comparisons"],
+        "loss_curves": curves,
+        "config": results["config"],
+    }
+
+
+def publish(results: dict, ctx, run_id: str) -> str:
+    """Add this run to the store (process 0); returns the index's path."""
+    directory = store_dir(ctx.workdir)
+    index = os.path.join(directory, INDEX)
+    if not distributed.is_primary():
+        return index
+    runs = os.path.join(directory, "runs")
+    os.makedirs(runs, exist_ok=True)
+    _atomic_write(os.path.join(runs, f"{run_id}.json"),
+                  json.dumps(record(results, ctx, run_id), sort_keys=True))
+    with _lock(os.path.join(directory, ".index-lock")):
+        lines = []
+        for name in sorted(os.listdir(runs)):
+            if name.endswith(".json"):
+                with open(os.path.join(runs, name)) as f:
+                    lines.append(json.dumps(json.load(f), sort_keys=True))
+        _atomic_write(index, "".join(line + "\n" for line in lines))
+    return index
+
+
+def _atomic_write(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
+                               prefix=f".{os.path.basename(path)}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _lock:
+    """A lock directory: created atomically, removed on exit; one older
+    than _LOCK_STALE_S belongs to a process that died holding it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        while True:
+            try:
+                os.mkdir(self.path)
+                return self
+            except FileExistsError:
+                try:
+                    age = time.time() - os.stat(self.path).st_mtime
+                except FileNotFoundError:
+                    continue  # released while looking
+                if age > _LOCK_STALE_S:
+                    try:
+                        os.rmdir(self.path)
+                    except FileNotFoundError:
+                        pass  # another waiter removed it first
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        os.rmdir(self.path)
