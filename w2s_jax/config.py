@@ -199,6 +199,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 0.0
     config.train.eval_batch_size = 64
     config.train.log_every = 10  # steps between progress lines
+    # Training curves besides the console (w2s_jax/core/metric_writers.py):
+    # at every progress line (train/loss, train/examples_per_s) and every
+    # early-stopping evaluation (eval/test_accuracy, eval/val_accuracy).
+    # `tensorboard`: event files in <workdir>/tensorboard/<stage>-<key>/,
+    # one TensorBoard run per stage, if tensorboardX is installed
+    # (pip install -e ".[logs]"); without it, only the console (and one
+    # info line in the log file). `wandb`: one W&B run per stage in
+    # `wandb_project`, if wandb is installed (else one warning; the run goes
+    # on). Only process 0 writes. Neither changes what is computed.
+    config.logs = ml_collections.ConfigDict({
+        "tensorboard": True, "wandb": False, "wandb_project": "w2s_jax"})
 
     # Device mesh: axis name -> size, -1 fills with the remaining devices.
     # data splits batches; fsdp splits batches and also parameters and

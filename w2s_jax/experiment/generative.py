@@ -22,7 +22,7 @@ import flax
 import jax
 import numpy as np
 
-from w2s_jax.core import stages
+from w2s_jax.core import metric_writers, stages
 from w2s_jax.core.progress import log
 from w2s_jax.data import batching, tasks
 from w2s_jax.models import registry
@@ -74,16 +74,21 @@ def generative_stage(ctx, index: int, settings: steps.TrainSettings,
                                    seed=config.seed, mesh=ctx.mesh)["backbone"]
         backbone = module.backbone
         nll = {"before": _heldout(model, backbone, params, heldout, settings, ctx)}
-        params, record = loop.finetune(
-            name="generative", forward=generative.lm_forward(model, backbone),
-            params=params, make_inputs=loop.token_inputs(
-                ids, pad_id=model.tokenizer.pad_id, max_ctx=config.max_ctx),
-            lengths=np.array([len(x) for x in ids]),
-            train_targets=np.zeros((len(ids), 1), np.float32),
-            settings=settings, loss=generative.NEXT_TOKEN, loss_params={},
-            mesh=ctx.mesh, seed=config.seed,
-            checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
-            checkpoint_every=config.checkpoint_every_steps)
+        writer = metric_writers.for_stage(config.logs, ctx.workdir,
+                                          "generative", stages.stage_key(spec))
+        try:
+            params, record = loop.finetune(
+                name="generative", forward=generative.lm_forward(model, backbone),
+                params=params, make_inputs=loop.token_inputs(
+                    ids, pad_id=model.tokenizer.pad_id, max_ctx=config.max_ctx),
+                lengths=np.array([len(x) for x in ids]),
+                train_targets=np.zeros((len(ids), 1), np.float32),
+                settings=settings, loss=generative.NEXT_TOKEN, loss_params={},
+                mesh=ctx.mesh, seed=config.seed,
+                checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
+                checkpoint_every=config.checkpoint_every_steps, writer=writer)
+        finally:
+            writer.close()
         nll["after"] = _heldout(model, backbone, params, heldout, settings, ctx)
         record["heldout_nll"] = nll
         log(f"[generative] held-out next-token NLL {nll['before']:.4f} -> "

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from w2s_jax.core import sharding, stages
+from w2s_jax.core import metric_writers, sharding, stages
 from w2s_jax.core.progress import log
 from w2s_jax.experiment import early_stopping
 from w2s_jax.report import metrics
@@ -96,21 +96,33 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
         on_eval = None
         if val is not None:
             val_idx = train_idx[val.held_out]
+            val_labels = targets[val.held_out].argmax(-1)
 
             def on_eval(step, params):
-                early_stopping.save_eval(evals_dir, step, {
+                probs = {
                     "test": predict_probs(params, "test", predict_sets["test"][1]),
-                    "val": predict_probs(params, "train", val_idx)})
+                    "val": predict_probs(params, "train", val_idx)}
+                early_stopping.save_eval(evals_dir, step, probs)
+                # For the training curves (config.logs): val accuracy is
+                # against the stage's own targets, as the honest choice's.
+                return {"test_accuracy": np.mean(probs["test"].argmax(-1) == gold),
+                        "val_accuracy": np.mean(probs["val"].argmax(-1) ==
+                                                val_labels)}
 
-        params, record = loop.finetune(
-            name=name, forward=forward, params=params,
-            make_inputs=learner.inputs("train", fit_idx),
-            lengths=learner.lengths("train", fit_idx), train_targets=fit_targets,
-            settings=settings, loss=loss, loss_params=loss_params,
-            mesh=ctx.mesh, seed=config.seed,
-            checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
-            checkpoint_every=config.checkpoint_every_steps,
-            eval_every=es.eval_every, on_eval=on_eval)
+        writer = metric_writers.for_stage(config.logs, ctx.workdir, name,
+                                          stages.stage_key(spec))
+        try:
+            params, record = loop.finetune(
+                name=name, forward=forward, params=params,
+                make_inputs=learner.inputs("train", fit_idx),
+                lengths=learner.lengths("train", fit_idx),
+                train_targets=fit_targets, settings=settings, loss=loss,
+                loss_params=loss_params, mesh=ctx.mesh, seed=config.seed,
+                checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
+                checkpoint_every=config.checkpoint_every_steps,
+                eval_every=es.eval_every, on_eval=on_eval, writer=writer)
+        finally:
+            writer.close()
         arrays = {}
         for set_name, (side, idx, labels) in predict_sets.items():
             arrays.update(prediction_arrays(

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from w2s_jax.core import checkpoint, distributed, sharding
+from w2s_jax.core import checkpoint, distributed, metric_writers, sharding
 from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
 from w2s_jax.data import batching
 from w2s_jax.core.progress import Progress, log
-from w2s_jax.train.steps import (TrainSettings, init_state, make_optimizer,
-                           make_train_step)
+from w2s_jax.train.steps import (TrainSettings, init_state, lr_schedule,
+                                 make_optimizer, make_train_step)
 
 
 def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
@@ -58,7 +59,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
              settings: TrainSettings, loss: losses.Loss, loss_params: dict,
              mesh, seed: int, checkpoint_dir: str | None = None,
              checkpoint_every: int = 0, eval_every: int = 0,
-             on_eval: Callable[[int, Any], None] | None = None
+             on_eval: Callable[[int, Any], dict | None] | None = None,
+             writer: metric_writers.MetricWriter | None = None
              ) -> tuple[Any, dict]:
     """Train on (inputs, soft targets); returns the final params and a record.
 
@@ -68,7 +70,9 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
     after which it raises checkpoint.Preempted.
     `on_eval(step, params)`, the evaluation hook, runs after every
-    `eval_every`-th step and after the last one (early stopping).
+    `eval_every`-th step and after the last one (early stopping); the
+    {name: value} it may return go to `writer` as `eval/<name>`, as do
+    `train/loss` and `train/examples_per_s` at every progress line.
     """
     n_examples = len(lengths)
     steps_per_epoch = n_examples // settings.batch_size
@@ -114,7 +118,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
                 train_targets=train_targets, settings=settings, mesh=mesh,
                 seed=seed, total_steps=total_steps, start=start,
                 losses_seen=losses_seen, seconds_before=seconds_before,
-                ckpt=ckpt, stop=stop, eval_every=eval_every, on_eval=on_eval)
+                ckpt=ckpt, stop=stop, eval_every=eval_every, on_eval=on_eval,
+                writer=writer or metric_writers.MetricWriter())
     finally:
         if ckpt:
             ckpt.close()
@@ -129,7 +134,7 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
 
 def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
            settings, mesh, seed, total_steps, start, losses_seen,
-           seconds_before, ckpt, stop, eval_every, on_eval):
+           seconds_before, ckpt, stop, eval_every, on_eval, writer):
     """Run steps start+1..total_steps, appending their losses to
     `losses_seen`; returns the state, each epoch's padding waste, and the
     seconds this call took."""
@@ -146,7 +151,11 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     def micro_split(x):
         return x.reshape(n_micro, len(mine), *x.shape[1:])
 
+    last_line = None  # (step, time) of the previous progress line
+    lr = lr_schedule(settings, total_steps, settings.lr)
+
     def record(pending):
+        nonlocal last_line
         step, metrics = pending
         value = float(metrics["loss"])
         if not np.isfinite(value):
@@ -156,6 +165,17 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
         if (step == start + 1 or step % settings.log_every == 0
                 or step == total_steps):
             progress.update(step, value)
+            scalars, now = {"train/loss": value}, time.perf_counter()
+            # The backbone's rate as optax applied it at this step (optax
+            # counts from 0); a separate head_lr follows the same schedule.
+            scalars["train/lr"] = float(lr(step - 1))
+            # Throughput since the previous line; the first includes compiling.
+            if last_line is not None:
+                scalars["train/examples_per_s"] = (
+                    (step - last_line[0]) * settings.batch_size
+                    / (now - last_line[1]))
+            last_line = (step, now)
+            writer.scalars(step, scalars)
 
     waste, pending = [], None
     for epoch in range(settings.epochs):
@@ -180,7 +200,10 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             pending = (step, metrics)
             if on_eval is not None and (step % eval_every == 0
                                         or step == total_steps):
-                on_eval(step, state["params"])
+                scores = on_eval(step, state["params"])
+                if scores:
+                    writer.scalars(step, {f"eval/{k}": v
+                                          for k, v in scores.items()})
             stopping = stop(step)
             if stopping or (ckpt and ckpt.due(step) and step < total_steps):
                 record(pending)

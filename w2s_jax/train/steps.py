@@ -171,17 +171,22 @@ def init_state(tx, params, mesh) -> dict:
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
 
+def lr_schedule(settings: TrainSettings, total_steps: int, peak: float):
+    """The learning rate by step: warmup + cosine decay to 0, or constant."""
+    if settings.lr_schedule == "constant":
+        return optax.constant_schedule(peak)
+    if not settings.warmup_steps:
+        return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=settings.warmup_steps,
+        decay_steps=max(total_steps, settings.warmup_steps + 1),
+        end_value=0.0)
+
+
 def make_optimizer(settings: TrainSettings, total_steps: int):
-    """Adam (AdamW if weight decay) with warmup + cosine decay to 0."""
+    """Adam (AdamW if weight decay) with `lr_schedule`."""
     def schedule(peak):
-        if settings.lr_schedule == "constant":
-            return optax.constant_schedule(peak)
-        if not settings.warmup_steps:
-            return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=settings.warmup_steps,
-            decay_steps=max(total_steps, settings.warmup_steps + 1),
-            end_value=0.0)
+        return lr_schedule(settings, total_steps, peak)
 
     def adam(peak):
         if settings.weight_decay:
