@@ -47,6 +47,14 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     cfg.mode = "finetune"
     cfg.pooling = ""  # "" = the family's default: last (decoders), mean (encoders)
     cfg.feature_layer = -1  # features mode: -1 = the output, k = after block k
+    # LoRA (w2s_jax/models/lora.py): rank > 0 adds adapters of that rank to
+    # `targets` ("" = the family's attention and MLP projections; else
+    # comma-separated layer names, e.g. "q_proj,v_proj"), scaled by
+    # alpha / rank; only they and the head train, and checkpoints hold only
+    # them. base_dtype "bfloat16" keeps the frozen weights in bfloat16.
+    cfg.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0,
+                                          "targets": "",
+                                          "base_dtype": "float32"})
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
@@ -309,6 +317,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         if model.mode == "reward":
             _check_reward(config, field, model)
         _check_choice_mode(config, field, model)
+        _check_lora(field, model)
         _check_choice(f"{field}.pooling", model.pooling, POOLINGS)
     from w2s_jax.experiment import recipes
     from w2s_jax.experiment.recipes import bootstrap
@@ -502,6 +511,26 @@ def _check_reward(config, field: str, model) -> None:
             f"{field}.head_init='unembedding' starts the head from label "
             f"tokens, but mode='reward' has a scalar reward head; use 'zeros' "
             f"or 'normal'")
+
+
+def _check_lora(field: str, model) -> None:
+    """LoRA adapts a finetuned transformer's projections."""
+    from w2s_jax.models import lora
+    cfg = model.lora
+    if cfg.rank < 0 or cfg.alpha <= 0:
+        raise UsageError(f"{field}.lora.rank={cfg.rank!r} must be >= 0 (0 = no "
+                         f"LoRA) and {field}.lora.alpha={cfg.alpha!r} positive")
+    _check_choice(f"{field}.lora.base_dtype", cfg.base_dtype, lora.BASE_DTYPES)
+    if not cfg.rank:
+        return
+    if model.mode == "features" or model.name == "bow-tfidf":
+        raise UsageError(f"{field}.lora.rank={cfg.rank} adapts a finetuned "
+                         f"transformer; {field} is {model.name!r} in mode "
+                         f"{model.mode!r}: use mode 'finetune' (or rank 0)")
+    if model.linear_probe:
+        raise UsageError(f"{field}.lora.rank={cfg.rank} trains adapters inside "
+                         f"the backbone, which linear_probe=True freezes; set "
+                         f"one or the other")
 
 
 def _check_choice_mode(config, field: str, model) -> None:

@@ -52,6 +52,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", "tensor"),  # grouped-query K/V projections
     ("norm", None),
     ("classes", None),
+    ("lora", None),  # a LoRA adapter's rank: small, never split
 )
 
 # Gradient checkpointing per transformer block. "full" recomputes the whole

@@ -18,7 +18,7 @@ from w2s_jax.core import sharding, stages
 from w2s_jax.core.errors import UsageError
 from w2s_jax.core.progress import log
 from w2s_jax.data import sources, splits, tasks, tokenize
-from w2s_jax.models import registry
+from w2s_jax.models import lora, registry
 from w2s_jax.train import features, learners, steps
 
 # Adam's learning rate for a linear head on standardised frozen features
@@ -157,6 +157,8 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
     pooling = model_cfg.pooling or registry.default_pooling(model)
     ids = ctx.tokens.ids.get(index)
     start = None if model.family == registry.BOW_FAMILY else ctx.start(index)
+    adapters = (None if model.family == registry.BOW_FAMILY else
+                lora.spec_from_config(model_cfg.lora, model.family))
     if mode in ("reward", "choice"):
         # config.validate allowed these modes only for tasks with candidates.
         split = (tasks.COMPLETIONS if mode == "reward"
@@ -169,11 +171,12 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
             for side, texts in ctx.texts.items()}
         return learner(role, model, model_cfg, pooling, settings, candidates,
                        compute_dtype=config.compute_dtype, remat=config.remat,
-                       start=start)
+                       start=start, lora=adapters)
     if mode == "finetune":
         return learners.TokenLearner(role, model, model_cfg, pooling, settings,
                                      ids, compute_dtype=config.compute_dtype,
-                                     remat=config.remat, start=start)
+                                     remat=config.remat, start=start,
+                                     lora=adapters)
     texts = ctx.texts
     bow = model.family == registry.BOW_FAMILY
     feature_spec = ({"name": model.name, "source": model.source} if bow else

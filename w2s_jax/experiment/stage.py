@@ -25,7 +25,7 @@ from w2s_jax.core import metric_writers, sharding, stages
 from w2s_jax.core.progress import log
 from w2s_jax.experiment import early_stopping
 from w2s_jax.report import metrics
-from w2s_jax.train import features, loop, losses, steps
+from w2s_jax.train import features, loop, losses, memory, steps
 
 
 def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
@@ -111,6 +111,10 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
 
         writer = metric_writers.for_stage(config.logs, ctx.workdir, name,
                                           stages.stage_key(spec))
+        estimate = memory.for_learner(learner, params, ctx.mesh,
+                                      learner.lengths("train", fit_idx))
+        if estimate is not None:  # None: a linear head on features
+            log(f"[{name}] {memory.format(estimate)}")
         try:
             params, record = loop.finetune(
                 name=name, forward=forward, params=params,
@@ -120,7 +124,8 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
                 loss_params=loss_params, mesh=ctx.mesh, seed=config.seed,
                 checkpoint_dir=os.path.join(inprogress_dir, "ckpt"),
                 checkpoint_every=config.checkpoint_every_steps,
-                eval_every=es.eval_every, on_eval=on_eval, writer=writer)
+                eval_every=es.eval_every, on_eval=on_eval, writer=writer,
+                trainable=getattr(learner, "trainable", None))
         finally:
             writer.close()
         arrays = {}

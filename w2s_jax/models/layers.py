@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from w2s_jax.core import sharding
+from w2s_jax.models import lora
 
 # Hugging Face activation names -> functions. "gelu_new", "gelu_pytorch_tanh"
 # and "gelu_fast" are all the tanh approximation of GELU (GPT-2's own choice);
@@ -56,12 +57,43 @@ def check_encoder_fields(hidden_act: str, hidden_size: int, num_attention_heads:
 def dense(
     features: int, dtype: Any, name: str, axes: tuple[str, str], *, use_bias: bool = True
 ) -> nn.Dense:
-    """`axes`: logical names of the kernel's (input, output) dimensions."""
-    return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+    """`axes`: logical names of the kernel's (input, output) dimensions.
+    Inside a `lora.scope` that targets `name`, the layer carries an adapter."""
+    spec = lora.active()
+    fields = dict(
+        features=features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=sharding.logical_init(INIT, axes),
         bias_init=sharding.logical_init(nn.initializers.zeros_init(), axes[1:]), name=name,
     )
+    if spec is not None and name in spec.targets:
+        return LoraDense(**fields, rank=spec.rank, scale=spec.scale, axes=axes)
+    return nn.Dense(**fields)
+
+
+def _lora_a_init(key, shape, dtype=jnp.float32):
+    """Uniform in +-1/sqrt(fan_in): peft's kaiming_uniform(a=sqrt(5)) on A."""
+    bound = 1.0 / jnp.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class LoraDense(nn.Dense):
+    """nn.Dense plus a low-rank adapter (models/lora.py): the kernel and
+    bias keep their names, so pretrained weights load as for nn.Dense."""
+
+    rank: int = 8
+    scale: float = 1.0
+    axes: tuple[str, str] = ("embed", "embed")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        a = self.param("lora_a", sharding.logical_init(_lora_a_init, (self.axes[0], "lora")),
+                       (x.shape[-1], self.rank), jnp.float32)
+        b = self.param("lora_b", sharding.logical_init(nn.initializers.zeros_init(),
+                                                       ("lora", self.axes[1])),
+                       (self.rank, self.features), jnp.float32)
+        update = (x.astype(self.dtype) @ a.astype(self.dtype)) @ b.astype(self.dtype)
+        return y + (update * self.scale).astype(y.dtype)
 
 
 def embed(

@@ -19,6 +19,7 @@ from w2s_jax.core import stages
 from w2s_jax.core.errors import DataError
 from w2s_jax.data import batching
 from w2s_jax.train import loop, steps
+from w2s_jax.models import lora as lora_lib
 from w2s_jax.train.features import LinearHead
 
 
@@ -36,6 +37,8 @@ class TokenLearner:
     # Weights to start from instead of the checkpoint's: (the key of the
     # stage that made them, numpy backbone tree), e.g. a generative finetune.
     start: tuple[str, Any] | None = None
+    # LoRA adapters (models/lora.py): only they and the head train.
+    lora: lora_lib.LoraSpec | None = None
 
     @property
     def spec(self) -> dict:
@@ -47,7 +50,15 @@ class TokenLearner:
                 "pooling": self.pooling, "compute_dtype": self.compute_dtype}
         if self.start is not None:  # only then, so other keys stay as they were
             spec["start"] = self.start[0]
+        if self.lora is not None:
+            spec["lora"] = dataclasses.asdict(self.lora)
         return spec
+
+    @property
+    def trainable(self):
+        """Which parameters train (loop.finetune): under LoRA the adapters
+        and the head; otherwise all (None)."""
+        return None if self.lora is None else lora_lib.is_trainable
 
     def fingerprint(self, side: str, indices: np.ndarray) -> str:
         return stages.fingerprint(*[self.ids[side][i] for i in indices])
@@ -60,16 +71,26 @@ class TokenLearner:
                                   pad_id=self.model.tokenizer.pad_id,
                                   max_ctx=self.settings.max_ctx)
 
-    def init(self, num_classes: int, seed: int, mesh):
+    def build(self, num_classes: int):
         cfg = self.model_config
-        module = steps.build_classifier(
+        return steps.build_classifier(
             self.model, num_classes=num_classes, linear_probe=cfg.linear_probe,
             head_init=cfg.head_init, pooling=self.pooling,
             compute_dtype=self.compute_dtype, remat=self.remat)
+
+    def init(self, num_classes: int, seed: int, mesh):
+        """(forward, params): the module's forward and its initial params
+        (pretrained, or a start's; under LoRA with fresh adapters and, with
+        base_dtype bfloat16, the frozen weights in bfloat16)."""
+        module = self.build(num_classes)
         params = steps.init_params(
-            module, self.model, head_init=cfg.head_init, seed=seed, mesh=mesh,
-            backbone_params=self.start[1] if self.start else None)
-        return steps.module_forward(module), params
+            module, self.model, head_init=self.model_config.head_init,
+            seed=seed, mesh=mesh,
+            backbone_params=self.start[1] if self.start else None,
+            lora_spec=self.lora)
+        if self.lora is not None and self.lora.base_dtype == "bfloat16":
+            params = steps.cast_frozen(params, self.trainable, jnp.bfloat16)
+        return steps.module_forward(module, self.lora), params
 
 
 @dataclasses.dataclass
@@ -142,20 +163,16 @@ class ChoiceLearner(TokenLearner):
             return ids.reshape(rows, k, -1), mask.reshape(rows, k, -1)
         return make_inputs
 
-    def init(self, num_classes: int, seed: int, mesh):
+    def build(self, num_classes: int):
         if num_classes != self.candidates:
             raise ValueError(f"the examples have {self.candidates} candidates "
                              f"but the targets {num_classes} classes")
         cfg = self.model_config
-        module = steps.build_choice_scorer(
+        return steps.build_choice_scorer(
             self.model, candidates=self.candidates,
             linear_probe=cfg.linear_probe, head_init=cfg.head_init,
             pooling=self.pooling, compute_dtype=self.compute_dtype,
             remat=self.remat, pairs=self.mode == "reward")
-        params = steps.init_params(
-            module, self.model, head_init=cfg.head_init, seed=seed, mesh=mesh,
-            backbone_params=self.start[1] if self.start else None)
-        return steps.module_forward(module), params
 
 
 @dataclasses.dataclass

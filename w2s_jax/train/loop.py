@@ -13,8 +13,8 @@ from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
 from w2s_jax.data import batching
 from w2s_jax.core.progress import Progress, log
-from w2s_jax.train.steps import (TrainSettings, init_state, lr_schedule,
-                                 make_optimizer, make_train_step)
+from w2s_jax.train.steps import (TrainSettings, init_state, join_trainable,
+                                 lr_schedule, make_optimizer, make_train_step)
 
 
 def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
@@ -60,7 +60,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
              mesh, seed: int, checkpoint_dir: str | None = None,
              checkpoint_every: int = 0, eval_every: int = 0,
              on_eval: Callable[[int, Any], dict | None] | None = None,
-             writer: metric_writers.MetricWriter | None = None
+             writer: metric_writers.MetricWriter | None = None,
+             trainable: Callable[[tuple], bool] | None = None
              ) -> tuple[Any, dict]:
     """Train on (inputs, soft targets); returns the final params and a record.
 
@@ -73,6 +74,9 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     `eval_every`-th step and after the last one (early stopping); the
     {name: value} it may return go to `writer` as `eval/<name>`, as do
     `train/loss` and `train/examples_per_s` at every progress line.
+    `trainable(path)` (None: every parameter) picks the parameters that
+    train, e.g. LoRA's adapters and the head; the others stay frozen, get
+    no gradients or optimizer state, and are not in the checkpoints.
     """
     n_examples = len(lengths)
     steps_per_epoch = n_examples // settings.batch_size
@@ -84,9 +88,13 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     total_steps = steps_per_epoch * settings.epochs
     n_micro = settings.batch_size // settings.minibatch_size
     tx = make_optimizer(settings, total_steps)
-    state = init_state(tx, params, mesh)
-    step_fn = make_train_step(forward, tx, loss, loss_params, total_steps, mesh,
-                              param_shardings=sharding.shardings_of(params))
+    state = init_state(tx, params, mesh, trainable)
+    frozen = state.pop("frozen", None)
+    step_fn = make_train_step(
+        forward, tx, loss, loss_params, total_steps, mesh,
+        param_shardings=sharding.shardings_of(state["params"]),
+        frozen_shardings=(None if frozen is None
+                          else sharding.shardings_of(frozen)))
     log(f"[{name}] {n_examples} examples, {settings.epochs} epochs, "
         f"{total_steps} steps of {settings.batch_size} "
         f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "
@@ -119,7 +127,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
                 seed=seed, total_steps=total_steps, start=start,
                 losses_seen=losses_seen, seconds_before=seconds_before,
                 ckpt=ckpt, stop=stop, eval_every=eval_every, on_eval=on_eval,
-                writer=writer or metric_writers.MetricWriter())
+                writer=writer or metric_writers.MetricWriter(),
+                frozen=() if frozen is None else (frozen,))
     finally:
         if ckpt:
             ckpt.close()
@@ -129,12 +138,12 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
               "resumed_from_step": start,
               "padding_waste": float(np.mean(waste)),
               "loss_curve": losses_seen}
-    return state["params"], record
+    return join_trainable(state["params"], frozen), record
 
 
 def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
            settings, mesh, seed, total_steps, start, losses_seen,
-           seconds_before, ckpt, stop, eval_every, on_eval, writer):
+           seconds_before, ckpt, stop, eval_every, on_eval, writer, frozen):
     """Run steps start+1..total_steps, appending their losses to
     `losses_seen`; returns the state, each epoch's padding waste, and the
     seconds this call took."""
@@ -192,7 +201,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                                           positions),
                 "targets": train_targets[indices[positions]]})
             state, metrics = step_fn(state, sharding.to_global(
-                mesh, batch, 1, global_rows=settings.minibatch_size))
+                mesh, batch, 1, global_rows=settings.minibatch_size), *frozen)
             # Read the previous step's loss only now, so the host never
             # waits on the device between dispatches.
             if pending is not None:
@@ -200,7 +209,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             pending = (step, metrics)
             if on_eval is not None and (step % eval_every == 0
                                         or step == total_steps):
-                scores = on_eval(step, state["params"])
+                scores = on_eval(step, join_trainable(state["params"], *frozen))
                 if scores:
                     writer.scalars(step, {f"eval/{k}": v
                                           for k, v in scores.items()})

@@ -12,12 +12,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 import optax
 
 from w2s_jax.core import sharding
 from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
-from w2s_jax.models import classifier, registry, tokenizers
+from w2s_jax.models import classifier, layers, lora, registry, tokenizers
 
 # Backbone compute dtypes. Parameters, optimizer state, pooling, head,
 # logits and losses stay float32 whichever is chosen.
@@ -108,29 +109,40 @@ def init_sharded(init_fn: Callable, key, mesh, rules=sharding.RULES) -> Any:
 def init_params(module: classifier.Classifier,
                 model: registry.ResolvedModel, *,
                 head_init: str, seed: int, mesh, rules=sharding.RULES,
-                backbone_params=None) -> Any:
+                backbone_params=None, lora_spec: lora.LoraSpec | None = None) -> Any:
     """Pretrained weights (or a random init), sharded by the logical rules.
 
     Shapes and shardings come from tracing the init only; a random init is
     then jitted straight into its shardings, and pretrained numpy weights are
     device_put into them, so no device ever holds the whole unsharded model.
     `backbone_params` (numpy, shaped like the backbone) replace the
-    checkpoint's: e.g. the weights of a generative finetune.
+    checkpoint's: e.g. the weights of a generative finetune. With
+    `lora_spec` the targeted projections carry new adapters (models/lora.py),
+    which no checkpoint holds: they start as LoRA starts them.
     """
     dummy = jnp.zeros((1, *module.example_shape), jnp.int32)
 
     def init_fn(key):
-        return module.init(key, dummy, jnp.ones_like(dummy))["params"]
+        with lora.scope(lora_spec):
+            return module.init(key, dummy, jnp.ones_like(dummy))["params"]
 
     key = jax.random.key(seed)
     abstract, shardings = sharding.param_shardings(init_fn, key, mesh=mesh,
                                                    rules=rules)
+    base, adapters = _split_adapters(abstract["backbone"])
+    if lora_spec is not None and not adapters:
+        raise UsageError(
+            f"LoRA targets {', '.join(lora_spec.targets)} match no layer of "
+            f"{model.name!r}; its family's attention and MLP projections are "
+            f"{', '.join(lora.DEFAULT_TARGETS[model.family])}")
     if model.checkpoint_dir is None and backbone_params is None:
         params = jax.jit(init_fn, out_shardings=shardings)(key)
     else:
-        backbone = (registry.pretrained_backbone_params(model, abstract["backbone"])
+        backbone = (registry.pretrained_backbone_params(model, base)
                     if backbone_params is None else
-                    _checked(backbone_params, abstract["backbone"]))
+                    _checked(backbone_params, base))
+        if adapters:
+            backbone = _with_new_adapters(backbone, adapters, key)
         params = {"backbone": backbone}
         if "head" in abstract:  # an LM-scored ChoiceScorer has none
             shape = abstract["head"]["kernel"].shape
@@ -144,6 +156,25 @@ def init_params(module: classifier.Classifier,
     return jax.device_put(params, shardings)
 
 
+def _split_adapters(abstract):
+    """(the tree without LoRA adapters, {path: adapter leaf})."""
+    flat = flax.traverse_util.flatten_dict(abstract)
+    base = {k: v for k, v in flat.items() if not lora.is_adapter(k)}
+    return (flax.traverse_util.unflatten_dict(base),
+            {k: v for k, v in flat.items() if lora.is_adapter(k)})
+
+
+def _with_new_adapters(backbone, adapters: dict, key):
+    """`backbone` (numpy) plus freshly started adapters: A as
+    layers.LoraDense initialises it, B zero."""
+    flat = flax.traverse_util.flatten_dict(backbone)
+    for i, (path, leaf) in enumerate(sorted(adapters.items())):
+        flat[path] = (np.zeros(leaf.shape, np.float32) if path[-1] == "lora_b"
+                      else np.asarray(layers._lora_a_init(
+                          jax.random.fold_in(key, i), leaf.shape)))
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def _checked(params, abstract):
     """`params` if their tree and shapes are the module's."""
     if jax.tree.structure(params) != jax.tree.structure(abstract) or any(
@@ -154,8 +185,11 @@ def _checked(params, abstract):
     return params
 
 
-def init_state(tx, params, mesh) -> dict:
-    """The train state {"params", "opt_state", "step"}, all on the mesh.
+def init_state(tx, params, mesh, trainable=None) -> dict:
+    """The train state {"params", "opt_state", "step"}, all on the mesh;
+    with `trainable` (split_trainable), "params" holds the trainable part
+    and "frozen" the rest (take it out: make_train_step takes it as its
+    own argument), which has no optimizer state and never changes.
 
     The optimizer state is created sharded like `params` (Adam's moments
     take their parameter's sharding; counts are replicated), and the step
@@ -163,12 +197,16 @@ def init_state(tx, params, mesh) -> dict:
     its first and does not compile again.
     """
     replicated = sharding.replicated(mesh)
+    params, frozen = split_trainable(params, trainable)
     opt_shardings = sharding.like_params(
         jax.eval_shape(tx.init, params), params, sharding.shardings_of(params),
         default=replicated)
-    return {"params": params,
-            "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+    state = {"params": params,
+             "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+    if frozen is not None:
+        state["frozen"] = frozen
+    return state
 
 
 def lr_schedule(settings: TrainSettings, total_steps: int, peak: float):
@@ -197,26 +235,61 @@ def make_optimizer(settings: TrainSettings, total_steps: int):
         return adam(settings.lr)
     return optax.multi_transform(
         {"head": adam(settings.head_lr), "backbone": adam(settings.lr)},
-        lambda params: {k: jax.tree.map(lambda _: k if k == "head" else
-                                        "backbone", v)
+        lambda params: {k: jax.tree.map(lambda _: _top(k), v)
                         for k, v in params.items()})
 
 
-def module_forward(module) -> Callable:
+def _top(key) -> str:
+    """The optimizer group of a params entry: nested trees are keyed by
+    "head" / "backbone", split_trainable's flat ones by whole paths."""
+    first = key[0] if isinstance(key, tuple) else key
+    return "head" if first == "head" else "backbone"
+
+
+def module_forward(module, lora_spec: lora.LoraSpec | None = None) -> Callable:
     """forward(params, (input_ids, attention_mask)) -> logits, for a
-    Classifier or a ChoiceScorer."""
+    Classifier or a ChoiceScorer (with its LoRA adapters, if any)."""
     def forward(params, inputs):
-        return module.apply({"params": params}, *inputs)
+        with lora.scope(lora_spec):
+            return module.apply({"params": params}, *inputs)
     return forward
+
+
+def split_trainable(params, trainable: Callable[[tuple], bool] | None):
+    """(trainable, frozen) parts of `params` as flat {path: leaf} dicts, by
+    `trainable(path)`; with `trainable` None, (params, None): all train."""
+    if trainable is None:
+        return params, None
+    flat = flax.traverse_util.flatten_dict(params)
+    return ({k: v for k, v in flat.items() if trainable(k)},
+            {k: v for k, v in flat.items() if not trainable(k)})
+
+
+def cast_frozen(params, trainable: Callable[[tuple], bool], dtype):
+    """`params` with every frozen leaf cast to `dtype` in place on the mesh
+    (its sharding kept): LoRA's base weights in bfloat16."""
+    flat = flax.traverse_util.flatten_dict(params)
+    cast = jax.jit(lambda x: x.astype(dtype))
+    return flax.traverse_util.unflatten_dict(
+        {k: v if trainable(k) else cast(v) for k, v in flat.items()})
+
+
+def join_trainable(train, frozen=None):
+    """The whole params tree again (inverse of split_trainable)."""
+    if frozen is None:
+        return train
+    return flax.traverse_util.unflatten_dict({**train, **frozen})
 
 
 def make_train_step(forward: Callable, tx, loss: losses.Loss,
                     loss_params: dict, total_steps: int, mesh,
-                    param_shardings=None, rules=sharding.RULES) -> Callable:
+                    param_shardings=None, rules=sharding.RULES,
+                    frozen_shardings=None) -> Callable:
     """A jitted step on a batch {"inputs", "targets"} shaped [micro, minibatch, ...].
 
-    `param_shardings` (a tree like the params; None = replicated) are kept
-    by the step; the optimizer state comes out sharded like its parameters
+    `param_shardings` (a tree like the (trainable) params; None =
+    replicated) are kept by the step; with `frozen_shardings` (the frozen
+    part of init_state's split), the step is step(state, batch, frozen); the optimizer state comes out sharded like its parameters
     (as init_state makes it), gradients accumulate sharded the same way,
     and the model's activations follow `rules`. The state is donated.
 
@@ -231,12 +304,16 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
     param_shardings = replicated if param_shardings is None else param_shardings
     sharding.check_rules(rules, mesh)
 
-    def step(state, batch):
+    def step(state, batch, frozen=None):
         with sharding.activation_rules(mesh, rules):
-            return sharded_step(state, batch)
+            return sharded_step(state, batch, frozen)
 
-    def sharded_step(state, batch):
+    def sharded_step(state, batch, frozen):
         params = state["params"]
+
+        def forward_all(p, x):  # gradients reach the trainable part only
+            return forward(join_trainable(p, frozen), x)
+
         progress = state["step"].astype(jnp.float32) / total_steps
         inputs, targets = batch["inputs"], batch["targets"]
         n_micro, micro = targets.shape[:2]
@@ -244,7 +321,7 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
 
         stats = None
         if loss.batch_targets is not None and n_micro > 1:
-            logits = jax.lax.map(lambda x: forward(params, x), inputs)
+            logits = jax.lax.map(lambda x: forward_all(params, x), inputs)
             stats = loss.batch_targets(
                 logits=jax.lax.stop_gradient(logits.reshape(total, -1)),
                 targets=targets.reshape(total, -1), progress=progress,
@@ -253,7 +330,7 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
                 lambda s: s.reshape(n_micro, micro, *s.shape[1:]), stats)
 
         def micro_loss(p, micro_inputs, micro_targets, micro_stats):
-            logits = forward(p, micro_inputs)
+            logits = forward_all(p, micro_inputs)
             if micro_stats is None and loss.batch_targets is not None:
                 micro_stats = loss.batch_targets(
                     logits=jax.lax.stop_gradient(logits), targets=micro_targets,
@@ -287,8 +364,14 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
     # like_params, so every step sees the same layout.
     state_shardings = {"params": param_shardings, "opt_state": None,
                        "step": replicated}
-    return jax.jit(step, in_shardings=(state_shardings,
-                                       sharding.batch_sharding(mesh, batch_dim=1)),
+    in_shardings = (state_shardings, sharding.batch_sharding(mesh, batch_dim=1))
+    if frozen_shardings is not None:
+        # The frozen part is a third argument, not donated: it outlives
+        # every step unchanged (and is never checkpointed).
+        return jax.jit(step, in_shardings=(*in_shardings, frozen_shardings),
+                       out_shardings=(state_shardings, replicated),
+                       donate_argnums=0)
+    return jax.jit(lambda state, batch: step(state, batch), in_shardings=in_shardings,
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
