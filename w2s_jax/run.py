@@ -15,7 +15,7 @@ import json
 import ml_collections
 
 from w2s_jax import config as config_lib
-from w2s_jax.core import console, stages
+from w2s_jax.core import compile_cache, console, stages
 from w2s_jax.core.progress import log
 from w2s_jax.experiment import grid, preflight, setup
 from w2s_jax.experiment.recipes import get_recipe
@@ -36,6 +36,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     are set up; a failure until then leaves the workdir as it was.
     """
     config_lib.validate(config)
+    compile_cache.enable()
     if grid.is_grid(config) or shard is not None:
         return run_grid(config, workdir, shard or (0, 1))
     preflight.check(config, workdir)
