@@ -253,3 +253,19 @@ def test_chess_w2s_end_to_end(puzzles, tmp_path):
     supervisor = arrays["weak"]["test_probs"].argmax(-1)
     assert comp["agreement"]["overall"] == pytest.approx(np.mean(student == supervisor))
     assert "accuracy_by_difficulty" in results
+
+
+def test_cut_candidates_keep_one_shared_prompt():
+    """Over max_ctx, every candidate of an example loses the same leading
+    tokens (its LM scores then share one prompt, which cancels); a reward
+    model's completions each keep their own last max_ctx tokens."""
+    from w2s_jax.models import tokenizers
+    from w2s_jax.train import learners
+    texts = [["abcdefgh XY", "abcdefgh Z"]]
+    tok = tokenizers.ByteTokenizer()
+    choice = learners.ChoiceLearner.tokenize(tok, texts, max_ctx=6,
+                                             overlength="truncate")
+    assert [bytes(x.tolist()) for x in choice[0]] == [b"fgh XY", b"fgh Z"]
+    pair = learners.PairLearner.tokenize(tok, texts, max_ctx=6,
+                                         overlength="truncate")
+    assert [bytes(x.tolist()) for x in pair[0]] == [b"fgh XY", b"efgh Z"]

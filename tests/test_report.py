@@ -200,6 +200,24 @@ def test_files_pngs_and_self_contained_page(report):
     assert tables["skipped_lines"] == 1 and tables["runs"] == 22
 
 
+def test_runs_of_other_settings_are_rows_of_their_own(tmp_path):
+    """Two settings of one pair and loss (a grid's points), two seeds each:
+    two rows of two seeds, each with its own PGR, never one of four."""
+    from w2s_jax.report import aggregate
+    records = []
+    for alpha, accs in ((0.5, (.6, .7, .8)), (0.75, (.6, .62, .8))):
+        for seed in (0, 1):
+            r = _w2s_record(("t1", "a", "b", "logconf"), seed, accs)
+            r["run_id"] += f"-{alpha}"
+            r["config"] = {"seed": seed, "loss_params": {"alpha_max": alpha},
+                           "train": {"epochs": 2}}
+            records.append(r)
+    pairs = aggregate.aggregate(records)["pairs"]
+    assert [(p["setting"], p["n_seeds"]) for p in pairs] == [
+        ("loss_params.alpha_max=0.5", 2), ("loss_params.alpha_max=0.75", 2)]
+    assert [p["pgr"] for p in pairs] == [pytest.approx(.5), pytest.approx(.1)]
+
+
 def test_plot_without_data_is_a_note(tmp_path):
     workdir = str(tmp_path)
     os.makedirs(os.path.join(workdir, "store"))

@@ -317,7 +317,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         if model.mode == "reward":
             _check_reward(config, field, model)
         _check_choice_mode(config, field, model)
-        _check_lora(field, model)
+        _check_lora(config, field, model)
         _check_choice(f"{field}.pooling", model.pooling, POOLINGS)
     from w2s_jax.experiment import recipes
     from w2s_jax.experiment.recipes import bootstrap
@@ -513,7 +513,7 @@ def _check_reward(config, field: str, model) -> None:
             f"or 'normal'")
 
 
-def _check_lora(field: str, model) -> None:
+def _check_lora(config, field: str, model) -> None:
     """LoRA adapts a finetuned transformer's projections."""
     from w2s_jax.models import lora
     cfg = model.lora
@@ -531,6 +531,16 @@ def _check_lora(field: str, model) -> None:
         raise UsageError(f"{field}.lora.rank={cfg.rank} trains adapters inside "
                          f"the backbone, which linear_probe=True freezes; set "
                          f"one or the other")
+    if config.recipe == "saliency":
+        raise UsageError(f"{field}.lora.rank={cfg.rank}: the saliency recipe "
+                         f"probes the finetuned backbone's features, which "
+                         f"do not include LoRA adapters; use rank 0")
+    last = model_list(config)[-1]
+    if config.generative.epochs and model is last:
+        raise UsageError(f"{field}.lora.rank={cfg.rank} with "
+                         f"config.generative.epochs={config.generative.epochs}: "
+                         f"the generative finetune trains the whole model, "
+                         f"without adapters; use one or the other")
 
 
 def _check_choice_mode(config, field: str, model) -> None:
@@ -540,6 +550,11 @@ def _check_choice_mode(config, field: str, model) -> None:
     from w2s_jax.models import registry
     if config.task in chess_puzzles.TASKS:
         chess_puzzles.check_settings(config.chess.to_dict())
+    if model.mode == "choice" and model.head_init == "unembedding":
+        raise UsageError(f"{field}.head_init='unembedding' starts a head from "
+                         f"label tokens, but mode='choice' scores each "
+                         f"candidate (by the LM head, or a scalar head); use "
+                         f"'zeros' or 'normal'")
     if model.mode in ("choice", "reward") and model.name == "bow-tfidf":
         raise UsageError(f"{field}.mode={model.mode!r} scores token sequences; "
                          f"'bow-tfidf' is a bag of words: use mode 'features'")

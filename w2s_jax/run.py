@@ -35,10 +35,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     nothing is written to the workdir until the first run's data and models
     are set up; a failure until then leaves the workdir as it was.
     """
-    config_lib.validate(config)
     compile_cache.enable()
     if grid.is_grid(config) or shard is not None:
+        # Each unit is validated: the base config's own task or models may
+        # be ones the grid replaces.
         return run_grid(config, workdir, shard or (0, 1))
+    config_lib.validate(config)
     preflight.check(config, workdir)
     seeds = config_lib.sweep_values(config.seeds, int, "config.seeds") or [config.seed]
     loss_names = (config_lib.sweep_values(config.losses, str, "config.losses")
@@ -81,7 +83,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
     checked = set()
     for unit in mine:
         config_lib.validate(unit)
-        key = (unit.task, tuple(m.name for m in config_lib.model_list(unit)))
+        # Units that differ only in seed and loss read the same data and
+        # models: one preflight serves them all.
+        key = sweep_name(unit, [], [])
         if key not in checked:
             checked.add(key)
             preflight.check(unit, workdir)

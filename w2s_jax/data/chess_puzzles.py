@@ -15,9 +15,9 @@ cached (`config.chess`):
 - its difficulty is the shallowest depth at which the engine already
   plays the solution (`solve_depth`), recorded with the margin.
 
-Every analysis starts a new engine game (fresh hash) with one thread, so a
-depth-limited search, and the puzzle set, is the same on every run and
-machine for one Stockfish version; a binding time limit makes it depend on
+Every analysis starts a new engine game (fresh hash) with one thread (set
+explicitly, with a 16 MB hash), so a depth-limited search, and the puzzle
+set, is the same on every run and machine for one Stockfish version; a binding time limit makes it depend on
 the machine's speed, which is why it is off by default. The set is cached
 under `cache_dir` in a file named by the settings and the engine's name.
 
@@ -26,7 +26,7 @@ Two task forms (`spec_for`):
   as the paper, or the FEN, `view`) and `candidates` moves: the solution
   and other legal moves drawn by a seeded coin, in a seeded order; the
   label is the solution's index. Models score each candidate ("position,
-  then Best move: <move>") in mode "choice": a decoder by the sequence's
+  then Best move: <move>") in mode "choice": a tied decoder by the sequence's
   log-probability under its LM head (so the prediction is the best-scored
   legal move), an encoder by a scalar head.
 - "chess_binary": for classifiers, one (position, move) pair per puzzle,
@@ -47,7 +47,7 @@ import numpy as np
 
 from w2s_jax.core import progress
 from w2s_jax.core.errors import DataError, UsageError
-from w2s_jax.data.tasks import ROW, Example, TaskSpec
+from w2s_jax.data.tasks import Example, Grouping, TaskSpec
 
 TASKS = ("chess", "chess_binary")
 VIEWS = ("moves", "fen")
@@ -83,6 +83,8 @@ def cache_dir(setting: str = "") -> str:
         "w2s_jax", "chess")
 
 
+# Bump when generation changes, so that older cached sets are not reused.
+FORMAT_VERSION = 1
 # The settings that decide which puzzles come out (the cache key).
 GENERATION_KEYS = ("n_puzzles", "seed", "min_plies", "max_plies",
                    "random_move_prob", "depth", "time_limit", "margin_cp")
@@ -95,11 +97,14 @@ def load_puzzles(settings: dict, log=progress.log) -> tuple[list[dict], dict]:
 
     engine_path = find_engine(settings.get("engine", ""))
     with chess.engine.SimpleEngine.popen_uci(engine_path) as engine:
+        # Set, not left to the engine's defaults: one thread (deterministic
+        # search) and a fixed hash size.
+        engine.configure({"Threads": 1, "Hash": 16})
         engine_name = engine.id.get("name", "stockfish")
         key = {k: settings[k] for k in GENERATION_KEYS}
         digest = hashlib.sha256(json.dumps(
-            {**key, "engine": engine_name}, sort_keys=True).encode()
-        ).hexdigest()[:16]
+            {**key, "engine": engine_name, "format": FORMAT_VERSION},
+            sort_keys=True).encode()).hexdigest()[:16]
         directory = cache_dir(settings.get("cache_dir", ""))
         path = os.path.join(directory, f"puzzles-{digest}.jsonl")
         provenance = {"source": "generated", "engine": engine_name,
@@ -265,8 +270,11 @@ def spec_for(name: str, settings: dict) -> TaskSpec:
         fmt = lambda row, rng: format_choice(row, rng, view, k)  # noqa: E731
     else:
         fmt = lambda row, rng: format_binary(row, rng, view)  # noqa: E731
+    # Seeded play can reach one position twice: its puzzles are one group,
+    # so they never straddle the train/test carve or the halves.
     return TaskSpec(name, "generated", None, None, "generated", "generated",
-                    fmt, ROW, difficulty=lambda row: f"depth {row['solve_depth']}",
+                    fmt, Grouping("position (FEN)", lambda row: [row["fen"]]),
+                    difficulty=lambda row: f"depth {row['solve_depth']}",
                     num_classes=k if name == "chess" else 2)
 
 

@@ -114,26 +114,36 @@ def label(unit: ml_collections.ConfigDict) -> str:
     return f"{unit.task} {models} {unit.loss} seed {unit.seed}"
 
 
-def run(mine: list, run_one, workdir: str, poll_s: float) -> list[dict]:
+def run(mine: list, run_one, workdir: str, poll_s: float,
+        max_wait_s: float = 60.0) -> list[dict]:
     """Runs each unit with `run_one(unit, workdir)`; a unit whose stage is
-    busy elsewhere goes back in the queue; returns the results in order."""
+    busy elsewhere goes back in the queue; returns the results in order.
+
+    When every unit left is busy, the shard sleeps before the next round,
+    doubling the pause from `poll_s` up to `max_wait_s`: a retry sets the
+    unit up again (data, tokens, finished stages) before it reaches the
+    busy stage, which should not happen every second for hours."""
     queue = collections.deque(enumerate(mine))
     results: dict[int, dict] = {}
-    busy_in_a_row, start = 0, time.monotonic()
+    busy_in_a_row, pause, start = 0, poll_s, time.monotonic()
+    told = set()  # units whose wait was reported
     while queue:
         position, unit = queue.popleft()
-        log(f"[grid] unit {len(results) + 1}/{len(mine)}: {label(unit)}")
+        if position not in told:
+            log(f"[grid] unit {len(results) + 1}/{len(mine)}: {label(unit)}")
         try:
             with stages.no_waiting():
                 results[position] = run_one(unit, workdir)
-            busy_in_a_row = 0
+            busy_in_a_row, pause = 0, poll_s
         except stages.StageBusy as busy:
             queue.append((position, unit))
             busy_in_a_row += 1
-            log(f"[grid] {busy}; moving on, back to it later")
+            if position not in told:
+                told.add(position)
+                log(f"[grid] {busy}; moving on, back to it later")
             if busy_in_a_row >= len(queue):
-                time.sleep(poll_s)  # every unit left waits on another process
-                busy_in_a_row = 0
+                time.sleep(pause)  # every unit left waits on another process
+                busy_in_a_row, pause = 0, min(2 * pause, max_wait_s)
     log(f"[grid] {len(mine)} runs done in "
         f"{format_duration(time.monotonic() - start)}")
     return [results[i] for i in range(len(mine))]

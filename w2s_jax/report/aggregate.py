@@ -13,6 +13,7 @@ HTML page render.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -27,14 +28,51 @@ EXCLUDED_REASON = "ceiling does not beat weak"
 def aggregate(records: list[dict]) -> dict:
     """All report data from the store's run records."""
     groups = defaultdict(list)
-    for r in records:
-        if r["recipe"] == "w2s":
-            key = (r["task"], r["models"][0], r["models"][-1], r["loss"])
-            groups[key].append(r)
+    w2s = [r for r in records if r["recipe"] == "w2s"]
+    settings = _settings(w2s)
+    for r, setting in zip(w2s, settings):
+        key = (r["task"], r["models"][0], r["models"][-1], r["loss"], setting)
+        groups[key].append(r)
     pairs = sorted((_pair(key, runs) for key, runs in groups.items()),
                    key=_pair_order)
     return {"runs": len(records), "pairs": pairs,
             "medians": medians(pairs), "bootstrap": bootstrap(records)}
+
+
+# Config fields that never make two runs different experiments.
+_SAME_EXPERIMENT = {"seed", "seeds", "loss", "losses", "grid", "logs",
+                    "checkpoint_every_steps", "distributed"}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (config or {}).items():
+        if not prefix and key in _SAME_EXPERIMENT:
+            continue
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def _settings(records: list[dict]) -> list[str]:
+    """Per record, what sets its experiment apart from the others of its
+    (task, weak, strong, loss), as "field=value, ..." ("" if nothing):
+    runs that differ in another setting (a grid's points, an earlier run
+    in the workdir with another lr) are separate rows, never extra seeds."""
+    flats = [_flat(r.get("config")) for r in records]
+    groups = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r["task"], r["models"][0], r["models"][-1], r["loss"])].append(i)
+    out = [""] * len(records)
+    for members in groups.values():
+        keys = sorted({k for i in members for k in flats[i]})
+        differ = [k for k in keys
+                  if len({flats[i].get(k) for i in members}) > 1]
+        for i in members:
+            out[i] = ", ".join(f"{k}={flats[i].get(k)}" for k in differ)
+    return out
 
 
 def loss_order(loss: str) -> tuple:
@@ -83,7 +121,7 @@ def _roles(record: dict, comparison: str, default: tuple) -> tuple:
 
 
 def _pair(key: tuple, runs: list[dict]) -> dict:
-    task, weak, strong, loss = key
+    task, weak, strong, loss, setting = key
     runs = sorted(runs, key=lambda r: r["seed"])
     roles = [_roles(r, "w2s", ("weak", "w2s", "ceiling")) for r in runs]
     acc = {name: spread([_accuracy(r, role[i]) for r, role in zip(runs, roles)])
@@ -96,6 +134,7 @@ def _pair(key: tuple, runs: list[dict]) -> dict:
     agreement = [((r.get("comparisons") or {}).get("w2s") or {}).get(
         "agreement") or {} for r in runs]
     row = {"task": task, "weak": weak, "strong": strong, "loss": loss,
+           "setting": setting,
            "n_seeds": len(runs), "seeds": [r["seed"] for r in runs],
            "weak_params": params.get(weak), "strong_params": params.get(strong),
            "pgr": pgr,
@@ -216,7 +255,7 @@ def _pgr_table(pairs: list[dict]) -> dict:
     losses = sorted({p["loss"] for p in pairs}, key=loss_order)
     by_pair = defaultdict(dict)
     for p in pairs:
-        by_pair[(p["task"], p["weak"], p["strong"], p["param_ratio"])][
+        by_pair[(p["task"], p["weak"], _strong(p), p["param_ratio"])][
             p["loss"]] = p
 
     def fmt(p):
@@ -237,13 +276,19 @@ def _pgr_table(pairs: list[dict]) -> dict:
                      for (t, w, s, ratio), cells in by_pair.items()]}
 
 
+def _strong(pair: dict) -> str:
+    """The strong model, with the settings that set its row apart."""
+    return (f"{pair['strong']} ({pair['setting']})" if pair["setting"]
+            else pair["strong"])
+
+
 def _accuracy_table(pairs: list[dict]) -> dict:
     return {"title": "Gold test accuracy per pair and loss",
             "note": "Mean ± sample std over seeds.",
             "headers": ["task", "weak", "strong", "loss", "seeds", "weak acc",
                         "student acc", "ceiling acc", "PGR",
                         "seed PGR min..max"],
-            "rows": [[p["task"], p["weak"], p["strong"], p["loss"],
+            "rows": [[p["task"], p["weak"], _strong(p), p["loss"],
                       str(p["n_seeds"]), _pm(p["weak_acc"], p["weak_acc_std"]),
                       _pm(p["student_acc"], p["student_acc_std"]),
                       _pm(p["ceiling_acc"], p["ceiling_acc_std"]),

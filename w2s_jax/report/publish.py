@@ -21,14 +21,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import tempfile
 import time
+import uuid
 
 from w2s_jax.core import distributed
 from w2s_jax.models import registry
 
 INDEX = "index.jsonl"
-_LOCK_STALE_S = 60.0
+_LOCK_STALE_S = 300.0
 
 
 def store_dir(workdir: str) -> str:
@@ -87,16 +89,20 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 class _lock:
-    """A lock directory: created atomically, removed on exit; one older
-    than _LOCK_STALE_S belongs to a process that died holding it."""
+    """A lock directory holding its owner's token: created atomically,
+    removed on exit by its owner only; one older than _LOCK_STALE_S belongs
+    to a process that died holding it (a rebuild takes well under a
+    second per thousand runs)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.token = os.path.join(path, uuid.uuid4().hex)
 
     def __enter__(self):
         while True:
             try:
                 os.mkdir(self.path)
+                open(self.token, "w").close()
                 return self
             except FileExistsError:
                 try:
@@ -104,11 +110,10 @@ class _lock:
                 except FileNotFoundError:
                     continue  # released while looking
                 if age > _LOCK_STALE_S:
-                    try:
-                        os.rmdir(self.path)
-                    except FileNotFoundError:
-                        pass  # another waiter removed it first
+                    shutil.rmtree(self.path, ignore_errors=True)
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
-        os.rmdir(self.path)
+        # Only while it is still ours: a waiter may have judged it stale.
+        if os.path.exists(self.token):
+            shutil.rmtree(self.path, ignore_errors=True)

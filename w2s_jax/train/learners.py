@@ -108,11 +108,16 @@ class ChoiceLearner(TokenLearner):
     ids: dict[str, list[tuple[np.ndarray, ...]]]
     mode = "choice"
 
-    @staticmethod
-    def tokenize(tokenizer, candidates: list[list[str]], *, max_ctx: int,
+    @classmethod
+    def tokenize(cls, tokenizer, candidates: list[list[str]], *, max_ctx: int,
                  overlength: str) -> list[tuple[np.ndarray, ...]]:
-        """The ids of each example's candidate texts; with overlength
-        'truncate' each keeps its LAST max_ctx tokens (the candidate).
+        """The ids of each example's candidate texts.
+
+        With overlength 'truncate', mode "choice" cuts the same number of
+        leading tokens from all of an example's candidates, so they keep
+        the same (shared) prompt tokens, whose log-probability then cancels
+        in the softmax over them; a reward model's completions each keep
+        their LAST max_ctx tokens (the reply).
 
         Under 'drop' the examples were already kept by their whole text,
         which holds every candidate, so each candidate fits; one that does
@@ -120,15 +125,20 @@ class ChoiceLearner(TokenLearner):
         stage's examples, so it is an error instead.
         """
         k = len(candidates[0])
-        tokens = batching.tokenize(tokenizer, [t for group in candidates
-                                               for t in group],
-                                   max_ctx=max_ctx, overlength=overlength)
+        common_cut = cls.mode == "choice" and overlength == "truncate"
+        tokens = batching.tokenize(
+            tokenizer, [t for group in candidates for t in group],
+            max_ctx=max_ctx, overlength="drop" if common_cut else overlength)
         if overlength == "drop" and tokens.too_long.any():
             raise DataError(
                 f"{int(tokens.too_long.sum())} candidates are longer than "
                 f"max_ctx={max_ctx} although their example's text fits; set "
                 f"config.overlength=truncate")
-        return [tuple(tokens.ids[i:i + k]) for i in range(0, len(tokens.ids), k)]
+        groups = [tokens.ids[i:i + k] for i in range(0, len(tokens.ids), k)]
+        if common_cut:
+            groups = [[x[max(0, max(map(len, group)) - max_ctx):] for x in group]
+                      for group in groups]
+        return [tuple(group) for group in groups]
 
     @property
     def candidates(self) -> int:
