@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 import time
+
+from timing import peak_rss_mib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -52,14 +53,6 @@ SHAPES = {
 QUICK = dict(n_train=128, n_test=64)
 BATCH, EVAL_BATCH, SEED = 32, 64, 0
 LOSSES = ("xent", "logconf")
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_config(shape: dict):
@@ -149,7 +142,8 @@ def side_a(shape: dict, out_path: str) -> None:
 # ---- the shared data, written by the parent for side (b) ----------------------
 
 def prepare_data(shape: dict, path: str, torch_threads: int) -> dict:
-    """The examples, halves and token ids of w2s_jax's own setup, pickled."""
+    """The examples, halves and token ids of w2s_jax's own setup, as JSON
+    (lists of ints: nothing executable crosses to the other process)."""
     import numpy as np
     from w2s_jax import config as config_lib
     from w2s_jax.experiment import setup
@@ -181,8 +175,8 @@ def prepare_data(shape: dict, path: str, torch_threads: int) -> dict:
             "epochs": shape["epochs"], "batch_size": BATCH,
             "eval_batch_size": EVAL_BATCH, "seed": SEED, "losses": LOSSES,
             "torch_threads": torch_threads}
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
+    with open(path, "w") as f:
+        json.dump(data, f, default=lambda x: x.tolist())
     lengths = {m["name"]: [len(x) for x in m["train_ids"]] for m in models}
     return {"pool": len(ctx.train_labels), "test": len(ctx.test_labels),
             "halves": (len(half_a), len(half_b)),
@@ -288,7 +282,7 @@ def main() -> None:
         shape = dict(SHAPES[name], **(QUICK if args.quick else {}))
         with tempfile.TemporaryDirectory() as tmp:
             data, out_a, out_b = (os.path.join(tmp, f) for f in
-                                  ("data.pkl", "a.json", "b.json"))
+                                  ("data.json", "a.json", "b.json"))
             info = prepare_data(shape, data, torch_threads)
             wall_a = timed_child([os.path.abspath(__file__), "--side-a",
                                   json.dumps(shape), out_a], env, prefix)

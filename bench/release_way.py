@@ -28,7 +28,7 @@ from those facts, not copied.
   its longest example, under torch.no_grad().
 
 Run as a subprocess by e2e_vs_release.py: `python bench/release_way.py
-DATA.pkl OUT.json`; DATA.pkl is written by the parent from w2s_jax's own
+DATA.json OUT.json`; DATA.json is written by the parent from w2s_jax's own
 data loading and tokenization (the same examples and token ids as side a).
 OUT.json gets accuracies, token counts, wall time and the VmHWM of this
 process.
@@ -37,20 +37,12 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import sys
 import time
 
 import numpy as np
 
-
-def peak_rss_mib() -> float:
-    """VmHWM of this process (the resident-set high-water mark), MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from timing import peak_rss_mib
 
 
 class Counter:
@@ -173,8 +165,13 @@ def predict(model, ids, pad_id, idx, eval_batch_size, counter, torch):
 
 def main(data_path: str, out_path: str) -> None:
     start = time.perf_counter()
-    with open(data_path, "rb") as f:
-        d = pickle.load(f)
+    with open(data_path) as f:
+        d = json.load(f)
+    for model in d["models"]:
+        for side in ("train_ids", "test_ids"):
+            model[side] = [np.asarray(x, np.int64) for x in model[side]]
+    for key in ("half_a", "half_b", "train_labels", "test_labels"):
+        d[key] = np.asarray(d[key])
     import torch
     from torch import nn
     torch.set_num_threads(d["torch_threads"])

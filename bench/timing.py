@@ -19,3 +19,12 @@ def step_times(fn, reps: int, warmup: int = 0) -> list[float]:
 
 def median_time(fn, reps: int, warmup: int = 0) -> float:
     return statistics.median(step_times(fn, reps, warmup))
+
+
+def peak_rss_mib() -> float:
+    """VmHWM of this process (the resident-set high-water mark), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
