@@ -1,7 +1,6 @@
 """LoRA: adapters match Hugging Face peft's on the same weights (values and
 gradients), only the adapters and the head train, checkpoints hold only
 them, and a LoRA stage resumes from its checkpoint."""
-import dataclasses
 import os
 
 import flax
@@ -239,8 +238,7 @@ def test_unknown_targets_name_the_familys_projections():
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     with pytest.raises(UsageError, match="q_proj match no layer.*c_attn, c_proj, c_fc"):
         steps.init_params(module, model, head_init="zeros", seed=0, mesh=mesh,
-                          lora_spec=dataclasses.replace(
-                              lora.LoraSpec(RANK, ALPHA, ("q_proj",))))
+                          lora_spec=lora.LoraSpec(RANK, ALPHA, ("q_proj",)))
 
 
 # Qwen2.5-7B's config.json (the hub's), for its shapes only.
