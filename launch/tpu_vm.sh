@@ -10,7 +10,8 @@
 # runs the same command on all workers at once (jax.distributed finds the
 # pod by itself: W2S_DISTRIBUTED=1), then copies worker 0's results back to
 # ./results-NAME/. WORKDIR must be on a filesystem every worker shares (a
-# Filestore/NFS mount; not gcsfuse, see README). Rerunning the same line
+# Filestore/NFS mount; not gcsfuse, see README); shards of a grid share it,
+# or a bucket named by --config.store=gs://... Rerunning the same line
 # resumes: finished stages are reused, an interrupted stage continues.
 # --dry-run (anywhere) prints every gcloud command and runs nothing.
 # Env: TPU_RUNTIME_VERSION (overrides the image picked from ACCELERATOR),
@@ -25,7 +26,7 @@ for a in "$@"; do
 done
 set -- ${ARGS[@]+"${ARGS[@]}"}  # the +-form: an empty array trips set -u in bash < 4.4
 if [ $# -lt 5 ]; then
-  sed -n '2,18p' "$0"; exit 2
+  sed -n '2,19p' "$0"; exit 2
 fi
 NAME=$1 ZONE=$2 ACCELERATOR=$3 CONFIG=$4 WORKDIR=$5
 shift 5
@@ -104,7 +105,8 @@ run "${TPU[@]}" scp "$archive" "$VM:w2s_jax.tar.gz" --zone "$ZONE" --worker=all
 
 # On each worker: uv (standalone binary, no system pip needed) makes a venv
 # with its own CPython 3.11; the install refuses anything older, then puts
-# jax[tpu] (which brings libtpu) and the project into that venv only.
+# jax[tpu] (which brings libtpu) and the project into that venv only, with
+# gcsfs (the gcs extra) for shards that share a bucket (--config.store).
 PY='~/w2s-venv/bin/python'  # expanded by the worker's shell
 UV='~/.local/bin/uv'
 INSTALL="set -eo pipefail; rm -rf ~/w2s_jax; mkdir ~/w2s_jax; tar -xzf ~/w2s_jax.tar.gz -C ~/w2s_jax; cd ~/w2s_jax; \
@@ -112,7 +114,7 @@ INSTALL="set -eo pipefail; rm -rf ~/w2s_jax; mkdir ~/w2s_jax; tar -xzf ~/w2s_jax
 [ -x $PY ] || $UV venv --python 3.11 ~/w2s-venv; \
 $PY -c \"import sys; sys.exit(sys.version_info < (3, 11))\" || { echo \"error: ~/w2s-venv has \$($PY -V 2>&1); w2s_jax needs Python 3.11+\" >&2; exit 1; }; \
 $UV pip install -q --python $PY \"jax[tpu]==$JAX_PIN\" -f $LIBTPU_LINKS; \
-$UV pip install -q --python $PY -e ."
+$UV pip install -q --python $PY -e '.[gcs]'"
 run "${TPU[@]}" ssh "$VM" --zone "$ZONE" --worker=all --command "$INSTALL"
 
 MAIN=(--config="$CONFIG" --workdir="$WORKDIR" "$@" ${SHARD_ARG[@]+"${SHARD_ARG[@]}"})

@@ -177,7 +177,7 @@ def test_tpu_vm_installs_into_a_311_venv_never_the_image_python(tmp_path):
     assert all(f"--python {venv_python} " in ran[i] for i in installs)
     assert any(f"jax[tpu]=={_jax_pin()} -f {LIBTPU_LINKS}" in ran[i]
                for i in installs)
-    assert any(ran[i].endswith(" -e .") for i in installs)
+    assert any(ran[i].endswith(" -e .[gcs]") for i in installs)
     # The image's Python 3.10 and its pip were never used.
     system = str(worker.fakes / "path")
     assert [r for r in ran if r.startswith(system) and "curl" not in r] == []

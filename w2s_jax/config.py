@@ -97,6 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     # deterministic share of the runs (shards may share the workdir).
     config.grid = ml_collections.ConfigDict({"ladder": "", "tasks": "",
                                              "points": []})
+    # Where finished stages, their claims and the result store live when
+    # shards run on machines that do not share a filesystem: a bucket URL,
+    # "gs://<bucket>/<path>" (pip install -e ".[gcs]"; core/object_store.py).
+    # "" keeps them in the workdir, which shards on one shared filesystem
+    # share. Each workdir keeps a local copy of every stage it used.
+    config.store = ""
     config.max_ctx = 1024
     config.overlength = "drop"  # the release dropped long examples; we count them
     config.ceiling_half = "A"  # the release trains the ceiling on A; legacy on B

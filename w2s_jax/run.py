@@ -95,8 +95,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str,
                     poll_s=stages.ClaimTiming.from_env().poll_s)
     out = {"runs": runs}
     log(table(out))
-    log(f"[results] every run is in {publish.store_dir(workdir)}; tables and "
-        f"plots: python -m w2s_jax.report --workdir={workdir}")
+    if config.store:
+        log(f"[results] every run is in {config.store}; tables and plots: "
+            f"python -m w2s_jax.report --store={config.store} "
+            f"--out={workdir}/report")
+    else:
+        log(f"[results] every run is in {publish.store_dir(workdir)}; tables "
+            f"and plots: python -m w2s_jax.report --workdir={workdir}")
     return out
 
 

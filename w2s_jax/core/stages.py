@@ -47,7 +47,9 @@ rename whose first reply was lost is recognised by reading back the
 token). NFS clients cache directory listings (up to acdirmax, 60 s by
 default), which only delays when a waiter notices a change. gcsfuse and
 other object-store mounts do not rename directories atomically: claims are
-not safe there.
+not safe there. For a bucket, `run_stage(..., store=)` keeps claims and
+finished stages as objects instead (StoreClaims, core/object_store.py),
+relying on GCS's create-only-if-absent in place of the rename.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from w2s_jax.core import distributed
+from w2s_jax.core.object_store import ObjectStore
 from w2s_jax.core.progress import format_duration, log
 
 # Bump when the meaning of stored outputs changes, so old stages are not reused.
@@ -108,7 +111,8 @@ def stage_key(spec: dict) -> str:
 
 def run_stage(workdir: str, name: str, spec: dict,
               compute: Callable[[str], tuple[dict, dict[str, np.ndarray]]],
-              timing: ClaimTiming | None = None) -> StageResult:
+              timing: ClaimTiming | None = None,
+              store: ObjectStore | None = None) -> StageResult:
     """Load the finished stage for `spec`, or claim, compute and store it.
 
     `compute(inprogress_dir)` may keep resumable state (checkpoints) in
@@ -117,32 +121,51 @@ def run_stage(workdir: str, name: str, spec: dict,
     is stored. If another process is computing the stage, this waits for it
     and reuses its result (see `acquire`). Every process of a multi-host run
     calls this; only process 0 writes.
+
+    With a `store` (a bucket shared by machines that do not share the
+    workdir), claims and finished stages live in the store, and the
+    workdir keeps a copy of every stage this process used (StoreClaims).
     """
     key = stage_key(spec)
     stages_dir = os.path.join(workdir, "stages")
-    path = os.path.join(stages_dir, f"{name}-{key}")
-    claim = acquire(stages_dir, name, key, timing)
+    stage_id = f"{name}-{key}"
+    path = os.path.join(stages_dir, stage_id)
+    where = stages_dir if store is None else StoreClaims(store, stages_dir)
+    claim = acquire(where, name, key, timing)
     if claim is None:
+        if store is not None:
+            if distributed.is_primary() and not _finished(path):
+                log(f"[{name}] copying finished stage "
+                    f"{store.url_of(_stored(stage_id))} to {path}")
+                _fetch(store, stage_id, path)
+            elif (distributed.is_primary()
+                  and not store.exists(f"{_stored(stage_id)}/{_DONE}")):
+                # Finished in this workdir before it used the store.
+                _upload(store, stage_id, path)
+            distributed.barrier(f"fetched stage {stage_id}")
         log(f"[{name}] reusing finished stage {path}")
         if distributed.is_primary():
             # Left behind if a run died between storing the stage and this.
-            remove_claims(stages_dir, f"{name}-{key}")
+            _claims(where).remove(stage_id)
         return _load(name, key, path, reused=True)
 
     try:
         record, arrays = compute(claim.work_dir)
         record = {"stage": name, "key": key, "spec": spec, **record}
         stored = distributed.is_primary() and _store(path, record, arrays)
+        if store is not None and distributed.is_primary():
+            stored = _upload(store, stage_id, path)
     except BaseException:
         claim.release(finished=False)
         raise
     claim.release(finished=True)
+    where_to = path if store is None else store.url_of(_stored(stage_id))
     if stored:
-        log(f"[{name}] stage written to {path}")
+        log(f"[{name}] stage written to {where_to}")
     elif distributed.is_primary():
         log(f"[{name}] another process stored this stage first; using its "
-            f"copy {path}")
-    distributed.barrier(f"stored stage {name}-{key}")
+            f"copy {where_to}")
+    distributed.barrier(f"stored stage {stage_id}")
     # Return what a reuse would return, so both paths give identical results.
     return _load(name, key, path, reused=False)
 
@@ -180,6 +203,65 @@ def _load(name: str, key: str, path: str, reused: bool) -> StageResult:
 
 def _finished(path: str) -> bool:
     return os.path.exists(os.path.join(path, "record.json"))
+
+
+# A stage in an object store: its files under names of their own, then
+# `done.json` naming them, created only if absent. Its presence means
+# finished, and of two processes storing the same stage (an owner judged
+# gone that was not) exactly one names its files; a reader never mixes
+# one process's record with another's arrays.
+_STAGE_FILES = ("arrays.npz", "record.json")
+_DONE = "done.json"
+
+
+def _stored(stage_id: str) -> str:
+    return f"stages/{stage_id}"
+
+
+def _upload(store: ObjectStore, stage_id: str, path: str) -> bool:
+    """Copy the local stage at `path` to the store; False if another process
+    stored it first (its copy stays, and ours is deleted)."""
+    if store.exists(f"{_stored(stage_id)}/{_DONE}"):
+        return False
+    tag = uuid.uuid4().hex[:12]
+    names = {}
+    for name in _STAGE_FILES:
+        stem, ext = os.path.splitext(name)
+        names[name] = f"{stem}-{tag}{ext}"
+        with open(os.path.join(path, name), "rb") as f:
+            store.write(f"{_stored(stage_id)}/{names[name]}", f.read())
+    if store.create(f"{_stored(stage_id)}/{_DONE}",
+                    json.dumps(names, sort_keys=True).encode()):
+        return True
+    for name in names.values():
+        store.delete(f"{_stored(stage_id)}/{name}")
+    return False
+
+
+def _fetch(store: ObjectStore, stage_id: str, path: str) -> None:
+    """Copy a finished stage from the store to `path` (written whole, as
+    `_store` writes)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-",
+                           dir=os.path.dirname(path))
+    try:
+        names = json.loads(store.read(f"{_stored(stage_id)}/{_DONE}"))
+        for name in _STAGE_FILES:
+            data = store.read(f"{_stored(stage_id)}/{names[name]}")
+            if data is None:
+                raise FileNotFoundError(
+                    f"{store.url_of(_stored(stage_id))}/{names[name]} is "
+                    f"missing from a finished stage")
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _finished(path):  # else: another process fetched it first
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # Claims ----------------------------------------------------------------------
@@ -254,13 +336,12 @@ class Holder:
 class Claim:
     """This job's claim on a stage: compute into `work_dir`, then release."""
 
-    def __init__(self, stages_dir: str, stage_id: str, gen: int,
-                 owner: dict | None, timing: ClaimTiming):
-        self.stages_dir, self.stage_id, self.gen = stages_dir, stage_id, gen
+    def __init__(self, claims: LocalClaims | StoreClaims, stage_id: str,
+                 gen: int, owner: dict | None, timing: ClaimTiming):
+        self.claims, self.stage_id, self.gen = claims, stage_id, gen
         self.owner = owner  # None in processes other than the writing one
         self.timing = timing
-        self.path = _claim_path(stages_dir, stage_id, gen)
-        self.work_dir = _work_path(stages_dir, stage_id, gen)
+        self.work_dir = _work_path(claims.stages_dir, stage_id, gen)
         self._stop = threading.Event()
         self._thread = None
 
@@ -275,10 +356,10 @@ class Claim:
         if self.owner is None:
             return
         if finished:
-            remove_claims(self.stages_dir, self.stage_id)
+            self.claims.remove(self.stage_id)
         else:
             try:
-                _write_atomic(os.path.join(self.path, _RELEASED), "released\n")
+                self.claims.mark_released(self.stage_id, self.gen)
             except OSError:
                 pass
 
@@ -292,17 +373,16 @@ class Claim:
         name = self.stage_id.rsplit("-", 1)[0]
         while not self._stop.wait(self.timing.heartbeat_s):
             try:
-                _write_atomic(os.path.join(self.path, _HEARTBEAT),
-                              repr(time.time()))
-                newer = [g for g in _generations(self.stages_dir,
-                                                 self.stage_id) if g > self.gen]
+                self.claims.beat(self.stage_id, self.gen)
+                newer = [g for g in self.claims.generations(self.stage_id)
+                         if g > self.gen]
             except OSError:
                 # Removed once the stage was stored; or a filesystem hiccup,
                 # after which the next beat tries again.
                 continue
             if newer and not warned:
                 warned = True
-                taker = holder(self.stages_dir, self.stage_id)
+                taker = holder(self.claims, self.stage_id)
                 log(f"[{name}] warning: the claim on stage {self.stage_id} "
                     f"was taken over by "
                     f"{taker.describe() if taker else 'another process'}; "
@@ -333,23 +413,25 @@ def no_waiting():
         _WAITING[0] = True
 
 
-def acquire(stages_dir: str, name: str, key: str,
+def acquire(where: str | StoreClaims, name: str, key: str,
             timing: ClaimTiming | None = None) -> Claim | None:
     """Wait until stage `<name>-<key>` is finished (None) or this job holds
     its claim (a Claim: compute, then `release`); under `no_waiting`,
     raise StageBusy instead of waiting.
 
+    `where` is a local stages directory or a store's claims (StoreClaims).
     Collective: every process of a multi-host job calls it; process 0 does
     the filesystem work and, at every poll, tells the others its outcome, so
     all of them wait, reuse or compute together.
     """
+    claims = _claims(where)
     timing = timing or ClaimTiming.from_env()
     stage_id = f"{name}-{key}"
     waiting_since = last_report = None
     while True:
         outcome = None
         if distributed.is_primary():
-            outcome = try_claim(stages_dir, name, key, timing)
+            outcome = try_claim(claims, name, key, timing)
         code, gen = _agree(outcome)
         if code == _CODE_FINISHED:
             if waiting_since is not None:
@@ -360,7 +442,7 @@ def acquire(stages_dir: str, name: str, key: str,
         if code == _CODE_CLAIMED:
             if isinstance(outcome, Claim):
                 return outcome
-            return Claim(stages_dir, stage_id, gen, None, timing)
+            return Claim(claims, stage_id, gen, None, timing)
         if not _WAITING[0]:
             raise StageBusy(stage_id, outcome.describe()
                             if isinstance(outcome, Holder) else "another process")
@@ -379,21 +461,22 @@ def acquire(stages_dir: str, name: str, key: str,
         time.sleep(timing.poll_s)
 
 
-def try_claim(stages_dir: str, name: str, key: str,
+def try_claim(where: str | StoreClaims, name: str, key: str,
               timing: ClaimTiming | None = None):
     """One attempt, never waiting: FINISHED if the stage is stored, a Claim
     if this process now holds it (its heartbeat running), else the Holder
     of the live claim (or None if the claim changed hands while looking:
     try again). Single process: the caller writes."""
+    claims = _claims(where)
     timing = timing or ClaimTiming.from_env()
     stage_id = f"{name}-{key}"
-    if _finished(os.path.join(stages_dir, stage_id)):
+    if claims.finished(stage_id):
         return FINISHED
-    os.makedirs(stages_dir, exist_ok=True)
-    gens = _generations(stages_dir, stage_id)
+    os.makedirs(claims.stages_dir, exist_ok=True)
+    gens = claims.generations(stage_id)
     taking_over = None
     if gens:
-        current = _read_holder(stages_dir, stage_id, gens[-1])
+        current = claims.read_holder(stage_id, gens[-1])
         if current is None:
             return None
         reason = current.stale_reason(timing.stale_after_s)
@@ -406,18 +489,18 @@ def try_claim(stages_dir: str, name: str, key: str,
         owner["took_over"] = {"gen": taking_over[0].gen,
                               "owner": taking_over[0].owner,
                               "reason": taking_over[1]}
-    if not _create_claim(stages_dir, stage_id, gen, owner):
-        return _read_holder(stages_dir, stage_id, gen)
-    claim = Claim(stages_dir, stage_id, gen, owner, timing)
-    if _finished(os.path.join(stages_dir, stage_id)):
+    if not claims.create(stage_id, gen, owner):
+        return claims.read_holder(stage_id, gen)
+    claim = Claim(claims, stage_id, gen, owner, timing)
+    if claims.finished(stage_id):
         # Stored between our look and our claim.
-        shutil.rmtree(claim.path, ignore_errors=True)
+        claims.remove_generation(stage_id, gen)
         return FINISHED
     if taking_over:
         log(f"[{name}] taking over stage {stage_id} from "
             f"{taking_over[0].describe()}: {taking_over[1]}")
     try:
-        _adopt_work_dir(stages_dir, stage_id, gen)
+        _adopt_work_dir(claims.stages_dir, stage_id, gen)
     except BaseException:
         claim.release(finished=False)
         raise
@@ -425,24 +508,144 @@ def try_claim(stages_dir: str, name: str, key: str,
     return claim
 
 
-def holder(stages_dir: str, stage_id: str) -> Holder | None:
+def holder(where: str | StoreClaims, stage_id: str) -> Holder | None:
     """Who holds stage `<name>-<key>`'s claim now, if anyone."""
-    gens = _generations(stages_dir, stage_id)
-    return _read_holder(stages_dir, stage_id, gens[-1]) if gens else None
+    claims = _claims(where)
+    gens = claims.generations(stage_id)
+    return claims.read_holder(stage_id, gens[-1]) if gens else None
 
 
 def remove_claims(stages_dir: str, stage_id: str) -> None:
     """Remove every claim and in-progress directory of a stored stage."""
-    try:
-        names = os.listdir(stages_dir)
-    except OSError:
-        return
-    work, claim = f".inprogress-{stage_id}", f".claim-{stage_id}"
-    doomed = [n for n in names if n == work or _gen_of(n, work) is not None
-              or n.startswith(f".claimtmp-{stage_id}-")]
-    doomed += [n for n in names if _gen_of(n, claim) is not None]
-    for entry in doomed:
-        shutil.rmtree(os.path.join(stages_dir, entry), ignore_errors=True)
+    LocalClaims(stages_dir).remove(stage_id)
+
+
+class LocalClaims:
+    """Claims as directories beside the stages (module docstring)."""
+
+    def __init__(self, stages_dir: str):
+        self.stages_dir = stages_dir
+
+    def finished(self, stage_id: str) -> bool:
+        return _finished(os.path.join(self.stages_dir, stage_id))
+
+    def generations(self, stage_id: str) -> list[int]:
+        return _generations(self.stages_dir, stage_id)
+
+    def create(self, stage_id: str, gen: int, owner: dict) -> bool:
+        return _create_claim(self.stages_dir, stage_id, gen, owner)
+
+    def read_holder(self, stage_id: str, gen: int) -> Holder | None:
+        return _read_holder(self.stages_dir, stage_id, gen)
+
+    def beat(self, stage_id: str, gen: int) -> None:
+        _write_atomic(os.path.join(_claim_path(self.stages_dir, stage_id, gen),
+                                   _HEARTBEAT), repr(time.time()))
+
+    def mark_released(self, stage_id: str, gen: int) -> None:
+        _write_atomic(os.path.join(_claim_path(self.stages_dir, stage_id, gen),
+                                   _RELEASED), "released\n")
+
+    def remove_generation(self, stage_id: str, gen: int) -> None:
+        shutil.rmtree(_claim_path(self.stages_dir, stage_id, gen),
+                      ignore_errors=True)
+
+    def remove(self, stage_id: str) -> None:
+        """Every claim and in-progress directory of a stored stage."""
+        try:
+            names = os.listdir(self.stages_dir)
+        except OSError:
+            return
+        work, claim = f".inprogress-{stage_id}", f".claim-{stage_id}"
+        doomed = [n for n in names if n == work or _gen_of(n, work) is not None
+                  or n.startswith(f".claimtmp-{stage_id}-")]
+        doomed += [n for n in names if _gen_of(n, claim) is not None]
+        for entry in doomed:
+            shutil.rmtree(os.path.join(self.stages_dir, entry),
+                          ignore_errors=True)
+
+
+class StoreClaims:
+    """Claims as objects in a store (core/object_store.py), for machines
+    that share the store but not the workdir:
+
+        claims/<name>-<key>/<n>.owner.json   generation n, created only if
+                                             absent (the server decides)
+                           /<n>.heartbeat    rewritten every heartbeat_s
+                           /<n>.released
+
+    A stage is finished once the store holds its `done.json` (or the local
+    workdir holds the stage). In-progress directories stay in the local `stages_dir`:
+    an owner on the same machine resumes from its predecessor's
+    checkpoints; one on another machine starts the stage afresh."""
+
+    def __init__(self, store: ObjectStore, stages_dir: str):
+        self.store, self.stages_dir = store, stages_dir
+
+    def _object(self, stage_id: str, gen: int, kind: str) -> str:
+        return f"claims/{stage_id}/{gen}.{kind}"
+
+    def finished(self, stage_id: str) -> bool:
+        return (_finished(os.path.join(self.stages_dir, stage_id))
+                or self.store.exists(f"{_stored(stage_id)}/{_DONE}"))
+
+    def generations(self, stage_id: str) -> list[int]:
+        gens = (name.split(".", 1)[0]
+                for name in self.store.names(f"claims/{stage_id}")
+                if name.endswith(".owner.json"))
+        return sorted(int(g) for g in gens if g.isdigit())
+
+    def create(self, stage_id: str, gen: int, owner: dict) -> bool:
+        text = json.dumps(owner, indent=1, sort_keys=True).encode()
+        if self.store.create(self._object(stage_id, gen, _OWNER), text):
+            return True
+        # Taken; or our own upload, retried by the client after a lost
+        # reply: the token tells.
+        found = self.store.read(self._object(stage_id, gen, _OWNER))
+        try:
+            return json.loads(found).get("token") == owner["token"]
+        except (TypeError, ValueError):
+            return False
+
+    def read_holder(self, stage_id: str, gen: int) -> Holder | None:
+        text = self.store.read(self._object(stage_id, gen, _OWNER))
+        if text is None:
+            return None  # removed: the stage was stored
+        try:
+            owner = json.loads(text)
+        except ValueError:
+            owner = {}
+        beat = self.store.read(self._object(stage_id, gen, _HEARTBEAT))
+        try:
+            heartbeat = float(beat)
+        except (TypeError, ValueError):
+            heartbeat = owner.get("started", time.time())
+        released = self.store.exists(self._object(stage_id, gen, _RELEASED))
+        return Holder(stage_id, gen, owner, heartbeat, released=released)
+
+    def beat(self, stage_id: str, gen: int) -> None:
+        self.store.write(self._object(stage_id, gen, _HEARTBEAT),
+                         repr(time.time()).encode())
+
+    def mark_released(self, stage_id: str, gen: int) -> None:
+        self.store.write(self._object(stage_id, gen, _RELEASED), b"released\n")
+
+    def remove_generation(self, stage_id: str, gen: int) -> None:
+        for kind in (_HEARTBEAT, _RELEASED, _OWNER):
+            self.store.delete(self._object(stage_id, gen, kind))
+
+    def remove(self, stage_id: str) -> None:
+        """Every claim of a stored stage, and its local in-progress
+        directories; the owner objects last, so generations never look
+        free while others remain."""
+        names = self.store.names(f"claims/{stage_id}")
+        for name in sorted(names, key=lambda n: n.endswith(_OWNER)):
+            self.store.delete(f"claims/{stage_id}/{name}")
+        LocalClaims(self.stages_dir).remove(stage_id)
+
+
+def _claims(where: str | LocalClaims | StoreClaims) -> LocalClaims | StoreClaims:
+    return LocalClaims(where) if isinstance(where, str) else where
 
 
 _CODE_WAIT, _CODE_FINISHED, _CODE_CLAIMED = 0, 1, 2

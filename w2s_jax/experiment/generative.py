@@ -96,7 +96,8 @@ def generative_stage(ctx, index: int, settings: steps.TrainSettings,
         flat = flax.traverse_util.flatten_dict(_to_host(params), sep="/")
         return record, {PARAM_PREFIX + k: v for k, v in flat.items()}
 
-    result = stages.run_stage(ctx.workdir, "generative", spec, compute)
+    result = stages.run_stage(ctx.workdir, "generative", spec, compute,
+                              store=ctx.store)
     result.record["description"] = (f"next-token loss on {gen.text} text "
                                     f"({len(ids)} sequences), no labels")
     result.record["model"] = model.name

@@ -20,7 +20,9 @@ and loss that uses them), so a rerun after an interruption, or with one more
 loss, trains only what is new. Shards share the workdir: a unit that needs
 a stage another process is computing is put back at the end of the queue
 (stages.no_waiting), and the shard goes on with other units, coming back to
-it; a stage's claim makes sure it is computed once.
+it; a stage's claim makes sure it is computed once. Shards on machines that
+share no filesystem share a bucket instead (config.store): claims, stages
+and the result store live there, each shard keeping its own workdir.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Checks before any work: the workdir, the data files, the models.
+"""Checks before any work: the workdir (and a store), the data files, the
+models.
 
 `check(config, workdir)` runs after config validation and before data is
-loaded or a model is set up, and writes nothing. Each problem raises an
+loaded or a model is set up, and writes nothing (a store, config.store, is
+tried with a probe object deleted at once). Each problem raises an
 `errors.ExpectedError` naming the path (and line) or the config field and
 what fixes it. What needs the data or the models themselves (a max_ctx
 that cuts most examples to nothing, a class missing after filtering) is
@@ -16,6 +18,7 @@ import tempfile
 import ml_collections
 
 from w2s_jax import config as config_lib
+from w2s_jax.core import object_store
 from w2s_jax.core.errors import ExpectedError, WorkdirError
 from w2s_jax.data import (chess_puzzles, sources, splits, tasks, tfds_tasks,
                           user_tasks)
@@ -27,6 +30,8 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     models, both named in one message when both have one (a machine
     without the hub usually lacks both)."""
     check_workdir(workdir)
+    if config.store:
+        object_store.open_store(config.store)
     problems = []
     for step in (check_data, check_models):
         try:

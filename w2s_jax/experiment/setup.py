@@ -16,6 +16,7 @@ import numpy as np
 from w2s_jax import config as config_lib
 from w2s_jax.core import sharding, stages
 from w2s_jax.core.errors import UsageError
+from w2s_jax.core.object_store import ObjectStore
 from w2s_jax.core.progress import log
 from w2s_jax.data import sources, splits, tasks, tokenize
 from w2s_jax.models import lora, registry
@@ -39,6 +40,9 @@ class Context:
     test_labels: np.ndarray
     train_groups: np.ndarray  # group id of each kept train example
     num_classes: int
+    # The bucket shared by shards on other machines (config.store), or None
+    # for the workdir itself.
+    store: ObjectStore | None = None
     _learners: dict = dataclasses.field(default_factory=dict)
     _starts: dict = dataclasses.field(default_factory=dict)
     # model index -> its generative stage (experiment/generative.py)
@@ -146,7 +150,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Context:
                    tokens=tokens, models=models, model_configs=model_configs,
                    train_labels=train_labels, test_labels=test_labels,
                    train_groups=data.train_groups[tokens.kept["train"]],
-                   num_classes=num_classes)
+                   num_classes=num_classes,
+                   store=ObjectStore(config.store) if config.store else None)
 
 
 def _make_learner(ctx: Context, index: int, mode: str, layer: int):
@@ -206,7 +211,8 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
 
     stage = stages.run_stage(
         ctx.workdir, "features",
-        {"features": feature_spec, "data": fingerprint}, compute)
+        {"features": feature_spec, "data": fingerprint}, compute,
+        store=ctx.store)
     feats = [stage.arrays["train"], stage.arrays["test"]]
     if not bow:
         # TF-IDF rows are already normalised; z-scoring would blow up rare terms.

@@ -153,7 +153,8 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
             f"{record['test_metrics']['accuracy']:.4f}")
         return record, arrays
 
-    result = stages.run_stage(ctx.workdir, name, spec, compute)
+    result = stages.run_stage(ctx.workdir, name, spec, compute,
+                              store=ctx.store)
     result.record["description"] = description
     result.record["model"] = ctx.model_name(model_index)
     # How good and how calibrated the labels it learned from are (gold

@@ -1,8 +1,10 @@
 """Tables, plots and a page from a workdir's result store alone.
 
     python -m w2s_jax.report --workdir=runs/sweep [--out=runs/sweep/report]
+    python -m w2s_jax.report --store=gs://bucket/grid --out=report
 
-Writes report.html (self-contained), report.md, the PNGs and tables.json
+reads the workdir's store, or a bucket store (config.store). Writes
+report.html (self-contained), report.md, the PNGs and tables.json
 under --out (default <workdir>/report), each file atomically, so a report
 being rewritten is never seen half-written. Prints the markdown tables and
 the paths. A missing or empty store is one ``error: ...`` line and a
@@ -21,14 +23,16 @@ from w2s_jax.core import console, errors
 from w2s_jax.report import aggregate, page, plots, store
 
 
-def write_report(workdir: str, out: str | None = None) -> dict:
-    """Builds and writes the report; returns {"paths", "markdown", "data"}."""
-    records, skipped = store.read_store(workdir)
-    out = out or os.path.join(workdir, "report")
+def write_report(where: str, out: str | None = None) -> dict:
+    """Builds and writes the report of a workdir's store, or of a bucket
+    store's URL (then `out` is needed); returns {"paths", "markdown",
+    "data"}."""
+    records, skipped = store.read_store(where)
+    out = out or os.path.join(where, "report")
     data = aggregate.aggregate(records)
     tables = aggregate.tables(data)
     figures, notes = plots.all_plots(data, records)
-    summary = page.summary_lines(data, skipped, store.index_path(workdir))
+    summary = page.summary_lines(data, skipped, store.index_path(where))
     markdown = page.to_markdown(summary, tables, figures, notes)
     try:
         os.makedirs(out, exist_ok=True)
@@ -64,17 +68,22 @@ def _write(directory: str, name: str, payload: bytes) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m w2s_jax.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir",
                         help="workdir whose store/index.jsonl to report on")
+    source.add_argument("--store", help="a bucket store (config.store), "
+                        "gs://<bucket>/<path>; needs --out")
     parser.add_argument("--out", help="output directory "
                         "(default <workdir>/report)")
     args = parser.parse_args(argv)
+    if args.store and not args.out:
+        parser.error("--store needs --out, a local directory for the report")
     # Our warnings (skipped store lines) as main prints them, one line each.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(console.ConsoleFormatter())
     logging.getLogger("w2s_jax").addHandler(handler)
     try:
-        result = write_report(args.workdir, args.out)
+        result = write_report(args.workdir or args.store, args.out)
     except errors.ExpectedError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.exit_status

@@ -41,7 +41,7 @@ def aggregate(records: list[dict]) -> dict:
 
 # Config fields that never make two runs different experiments.
 _SAME_EXPERIMENT = {"seed", "seeds", "loss", "losses", "grid", "logs",
-                    "checkpoint_every_steps", "distributed"}
+                    "checkpoint_every_steps", "distributed", "store"}
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -15,6 +15,14 @@ Shards of a grid share one store: each writes its own run files, and the
 index is rebuilt under a lock directory (mkdir is atomic on local
 filesystems and NFS), so a rebuild never misses a run another process
 finished before it; a lock left by a killed process expires.
+
+With a bucket (config.store, core/object_store.py) the store is the same
+two things at `<store>/runs/` and `<store>/index.jsonl`. A bucket cannot
+append or rename, so the index is rewritten whole under a lock object
+created only if absent: the current index, this run's record, and any run
+file the index lacks (one whose process died before indexing it). A run
+the index misses after a lock expired at a bad moment is therefore added
+by the next publish.
 """
 from __future__ import annotations
 
@@ -61,7 +69,13 @@ def record(results: dict, ctx, run_id: str) -> dict:
 
 
 def publish(results: dict, ctx, run_id: str) -> str:
-    """Add this run to the store (process 0); returns the index's path."""
+    """Add this run to the store (process 0); returns the index's path
+    (or URL, for a bucket)."""
+    if ctx.store is not None:
+        if distributed.is_primary():
+            _publish_to_bucket(ctx.store, run_id, json.dumps(
+                record(results, ctx, run_id), sort_keys=True))
+        return ctx.store.url_of(INDEX)
     directory = store_dir(ctx.workdir)
     index = os.path.join(directory, INDEX)
     if not distributed.is_primary():
@@ -78,6 +92,59 @@ def publish(results: dict, ctx, run_id: str) -> str:
                     lines.append(json.dumps(json.load(f), sort_keys=True))
         _atomic_write(index, "".join(line + "\n" for line in lines))
     return index
+
+
+def _publish_to_bucket(store, run_id: str, text: str) -> None:
+    """The bucket's publish (module docstring)."""
+    mine = f"{run_id}.json"
+    store.write(f"runs/{mine}", text.encode())
+    with _bucket_lock(store, ".index-lock"):
+        old = (store.read(INDEX) or b"").decode("utf-8", errors="replace")
+        lines = {}
+        for line in old.splitlines():
+            try:
+                lines[f"{json.loads(line)['run_id']}.json"] = line
+            except (ValueError, KeyError, TypeError):
+                continue  # cut short by a crash: its run file is re-read
+        for name in store.names("runs"):
+            if name.endswith(".json") and (name == mine or name not in lines):
+                found = store.read(f"runs/{name}")
+                if found is not None:
+                    lines[name] = json.dumps(json.loads(found), sort_keys=True)
+        store.write(INDEX, "".join(lines[name] + "\n"
+                                   for name in sorted(lines)).encode())
+
+
+class _bucket_lock:
+    """The bucket's version of `_lock`: an object created only if absent,
+    holding its owner's token and time; one older than _LOCK_STALE_S
+    belongs to a process that died holding it."""
+
+    def __init__(self, store, name: str):
+        self.store, self.name = store, name
+        self.token = uuid.uuid4().hex
+
+    def __enter__(self):
+        while not self.store.create(self.name, json.dumps(
+                {"token": self.token, "time": time.time()}).encode()):
+            try:
+                held = json.loads(self.store.read(self.name))
+                stale = time.time() - float(held["time"]) > _LOCK_STALE_S
+            except (TypeError, ValueError, KeyError):
+                stale = False  # released while looking, or being written
+            if stale:
+                self.store.delete(self.name)
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        # Only while it is still ours: a waiter may have judged it stale.
+        try:
+            ours = json.loads(self.store.read(self.name))["token"] == self.token
+        except (TypeError, ValueError, KeyError):
+            ours = False
+        if ours:
+            self.store.delete(self.name)
 
 
 def _atomic_write(path: str, text: str) -> None:

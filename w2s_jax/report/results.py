@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # Config fields that say how a run executes, not what it computes: a resumed
 # or multi-host run writes the same results file as a plain one.
-RUN_ONLY_KEYS = ("checkpoint_every_steps", "distributed", "logs")
+RUN_ONLY_KEYS = ("checkpoint_every_steps", "distributed", "logs", "store")
 
 
 def build_results(*, ctx, output) -> dict:

@@ -1,4 +1,5 @@
-"""Reads the result store: `<workdir>/store/index.jsonl`, one run a line.
+"""Reads the result store: `<workdir>/store/index.jsonl`, one run a line,
+or `<store>/index.jsonl` in a bucket (config.store, a gs:// URL).
 
 Runs append their record when they finish, so a line may be cut short by a
 crash or hold a record from another version; such lines are skipped and
@@ -11,7 +12,7 @@ import json
 import logging
 import os
 
-from w2s_jax.core import errors
+from w2s_jax.core import errors, object_store
 
 logger = logging.getLogger(__name__)
 
@@ -20,44 +21,64 @@ INDEX = os.path.join("store", "index.jsonl")
 REQUIRED = ("task", "recipe", "loss", "seed", "models", "gold_test")
 
 
-def index_path(workdir: str) -> str:
-    return os.path.join(workdir, INDEX)
+def is_bucket(where: str) -> bool:
+    return "://" in where
 
 
-def _make_one(workdir: str) -> str:
+def index_path(where: str) -> str:
+    """The index of a workdir's store, or of a bucket store's URL."""
+    if is_bucket(where):
+        return f"{where.rstrip('/')}/{os.path.basename(INDEX)}"
+    return os.path.join(where, INDEX)
+
+
+def _make_one(where: str) -> str:
+    place = (f"--config.store={where}" if is_bucket(where)
+             else f"--workdir={where}")
     return (f"finished runs add to it: python -m w2s_jax.main "
-            f"--config=configs/<config>.py --workdir={workdir}")
+            f"--config=configs/<config>.py {place}")
 
 
-def read_store(workdir: str) -> tuple[list[dict], int]:
+def _index_text(where: str) -> str | None:
+    if is_bucket(where):
+        data = object_store.ObjectStore(where).read(os.path.basename(INDEX))
+        return None if data is None else data.decode("utf-8", errors="replace")
+    if not os.path.isfile(index_path(where)):
+        return None
+    with open(index_path(where), encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def read_store(where: str) -> tuple[list[dict], int]:
     """The store's run records (the last per run_id, in file order) and the
-    number of lines skipped as unreadable."""
-    path = index_path(workdir)
-    if not os.path.isfile(path):
+    number of lines skipped as unreadable. `where` is a workdir, or a
+    bucket store's URL."""
+    path = index_path(where)
+    text = _index_text(where)
+    if text is None:
         raise errors.DataFileNotFound(
-            f"no result store at {path}; {_make_one(workdir)}")
+            f"no result store at {path}; {_make_one(where)}")
     by_id: dict[str, dict] = {}
     skipped = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = _parse(line)
-            if record is None:
-                skipped += 1
-                if skipped == 1:
-                    first_bad = number
-                continue
-            run_id = record.get("run_id", f"line {number}")
-            by_id.pop(run_id, None)  # a rerun moves to its latest position
-            by_id[run_id] = record
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _parse(line)
+        if record is None:
+            skipped += 1
+            if skipped == 1:
+                first_bad = number
+            continue
+        run_id = record.get("run_id", f"line {number}")
+        by_id.pop(run_id, None)  # a rerun moves to its latest position
+        by_id[run_id] = record
     if skipped:
         logger.warning("skipped %d unreadable line(s) of %s (the first is "
                        "line %d)", skipped, path, first_bad)
     if not by_id:
         raise errors.DataError(
             f"the result store {path} holds no readable runs; "
-            f"{_make_one(workdir)}")
+            f"{_make_one(where)}")
     return list(by_id.values()), skipped
 
 

@@ -108,7 +108,8 @@ def ensemble_stage(ctx, weak: dict[str, stages.StageResult], how: str,
             f"{record['test_metrics']['accuracy']:.4f} on test")
         return record, arrays
 
-    result = stages.run_stage(ctx.workdir, "ensemble", spec, compute)
+    result = stages.run_stage(ctx.workdir, "ensemble", spec, compute,
+                              store=ctx.store)
     result.record["description"] = (f"no training: {how} of {len(weak)} "
                                     f"supervisors' predictions, half B "
                                     f"({len(half_b)}) and test")

@@ -157,7 +157,8 @@ def _prompt_stage(ctx, name: str, demos: list[tuple[str, int]],
             f", calibrated {record['prompting']['accuracy_calibrated']:.4f})")
         return record, arrays
 
-    result = stages.run_stage(ctx.workdir, name, spec, compute)
+    result = stages.run_stage(ctx.workdir, name, spec, compute,
+                              store=ctx.store)
     result.record["description"] = description
     result.record["model"] = ctx.model_name(index)
     result.record["targets_quality"] = _demo_quality(demos, demo_gold,

@@ -143,7 +143,8 @@ def synthetic_stage(ctx, rule: synthetic.Rule,
             f"{realised['test']['error_rate']:.4f} on test")
         return record, arrays
 
-    result = stages.run_stage(ctx.workdir, "synthetic", spec, compute)
+    result = stages.run_stage(ctx.workdir, "synthetic", spec, compute,
+                              store=ctx.store)
     result.record["description"] = (f"gold labels, corrupted ({describe(rule)})"
                                     f", half B ({len(half_b)}) and test")
     result.record["model"] = f"synthetic:{rule.kind}"

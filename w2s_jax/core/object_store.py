@@ -1,0 +1,131 @@
+"""A Google Cloud Storage bucket as the store that a grid's shards share
+(`config.store = "gs://<bucket>/<path>"`), through fsspec's gcsfs.
+
+A bucket has no directories and no rename, so nothing here relies on them:
+an object appears whole or not at all when its upload completes, and
+`create` uploads only if the object is absent (GCS's `ifGenerationMatch=0`
+precondition, decided by the server: of two concurrent creates exactly one
+succeeds). Stage claims and stored stages (core/stages.py) and the run index
+(report/publish.py) are built from these two guarantees alone.
+
+Layout under the store's URL:
+
+    stages/<name>-<key>/arrays-<tag>.npz,         a finished stage: its
+                        record-<tag>.json,        files, then done.json
+                        done.json                 naming them (its presence
+                                                  means finished)
+    claims/<name>-<key>/<n>.owner.json            claim generation n
+                       /<n>.heartbeat, <n>.released
+    runs/<run id>.json, index.jsonl               the result store
+
+Credentials are gcsfs's defaults (Application Default Credentials, or the
+VM's service account). `STORAGE_EMULATOR_HOST` points gcsfs at an emulator
+(tests/gcs_emulator.py).
+"""
+from __future__ import annotations
+
+import uuid
+
+from w2s_jax.core.errors import UsageError, WorkdirError
+
+PROTOCOLS = ("gs",)
+
+
+class ObjectStore:
+    """Whole-object reads and writes under one `gs://bucket/path` URL."""
+
+    def __init__(self, url: str):
+        protocol, sep, root = url.partition("://")
+        if (not sep or protocol not in PROTOCOLS or not root.strip("/")
+                or root.startswith("/")):
+            raise UsageError(
+                f"config.store={url!r} is not a bucket URL; valid: "
+                f"gs://<bucket>/<path> (shards on other machines share it), "
+                f"or '' for the workdir itself (shards on one shared "
+                f"filesystem share the workdir)")
+        try:
+            import fsspec
+            import gcsfs  # noqa: F401  (fsspec's "gs" filesystem)
+        except ImportError:
+            raise UsageError(
+                f"config.store={url!r} needs gcsfs: pip install -e "
+                f"'.[gcs]'") from None
+        self.url = f"{protocol}://{root.strip('/')}"
+        self.root = root.strip("/")
+        # No listing cache: claims are read to see other machines' changes.
+        self.fs = fsspec.filesystem(protocol, use_listings_cache=False,
+                                    skip_instance_cache=True)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def read(self, rel: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+        try:
+            return self.fs.cat_file(self._path(rel))
+        except FileNotFoundError:
+            return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Upload (replacing any object there); readers see all or nothing."""
+        self.fs.pipe_file(self._path(rel), data)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Upload only if no object is there; False if one is."""
+        try:
+            self.fs.pipe_file(self._path(rel), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._path(rel))
+
+    def names(self, rel: str) -> list[str]:
+        """The names of the objects directly under `rel/`."""
+        try:
+            entries = self.fs.ls(self._path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        prefix = self._path(rel).rstrip("/") + "/"
+        return sorted(e[len(prefix):] for e in entries if e.startswith(prefix))
+
+    def delete(self, rel: str) -> None:
+        """Remove the object if it is there."""
+        try:
+            self.fs.rm_file(self._path(rel))
+        except FileNotFoundError:
+            pass
+
+    def url_of(self, rel: str) -> str:
+        return f"{self.url}/{rel}"
+
+
+def open_store(url: str) -> ObjectStore:
+    """The store at `url`, checked by uploading, reading back and deleting a
+    probe object, so a missing bucket or permission stops the run before
+    any work."""
+    store = ObjectStore(url)
+    probe = f".w2s-write-check-{uuid.uuid4().hex}"
+    try:
+        store.write(probe, b"probe")
+        ok = store.read(probe) == b"probe"
+        store.delete(probe)
+    except FileNotFoundError:
+        raise WorkdirError(f"config.store={url!r}: bucket {url.split('/')[2]!r} "
+                           f"does not exist; create it (gcloud storage "
+                           f"buckets create gs://{url.split('/')[2]}) or fix "
+                           f"the URL") from None
+    except Exception as err:  # gcsfs raises auth, HTTP and OS errors alike
+        first = str(err).splitlines()[0] if str(err) else ""
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise WorkdirError(f"config.store={url!r} cannot be written: "
+                           f"{reason}; check the bucket's name and that "
+                           f"these credentials may write to it") from None
+    if not ok:
+        raise WorkdirError(f"config.store={url!r}: an object written there "
+                           f"read back different")
+    return store
