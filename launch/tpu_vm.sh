@@ -48,7 +48,8 @@ if [ -z "$IMAGE" ]; then
 fi
 
 # SHARD=i/n: one slice per shard, so each shard gets its own VM name; all
-# shards write to the one shared WORKDIR (main claims runs there).
+# shards write to the one shared WORKDIR, or to the bucket named by
+# --config.store=gs://... (main claims stages there).
 VM=$NAME SHARD_ARG=()
 if [ -n "${SHARD:-}" ]; then
   if ! [[ $SHARD =~ ^(0|[1-9][0-9]*)/([1-9][0-9]*)$ ]] ||

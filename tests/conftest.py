@@ -13,11 +13,8 @@ if os.environ.get("W2S_DATA_DIR"):
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The bucket-store tests talk to a local GCS emulator (tests/gcs_emulator.py)
-# through gcsfs, whose experimental client (the default, chosen when gcsfs is
-# imported) first asks a gRPC endpoint the emulator lacks for the bucket's
-# layout, a 60 s timeout per bucket; and a VM metadata-server probe for
-# credentials would stall the same way.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# through gcsfs, whose search for credentials would otherwise also ask for a
+# cloud VM's metadata server, which is not there.
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import jax  # noqa: E402

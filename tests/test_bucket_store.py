@@ -22,9 +22,10 @@ import uuid
 import numpy as np
 import pytest
 
-from test_grid import CONFIG_FILE, LADDER, _written
+from test_grid import (CONFIG_FILE, LADDER, _written, assert_same_runs,
+                       run_alone)
 from test_recipes import mirror  # noqa: F401
-from w2s_jax.core import object_store, stages
+from w2s_jax.core import bucket_stages, object_store, stages
 from w2s_jax.core.errors import UsageError, WorkdirError
 from w2s_jax.report import __main__ as report_main
 
@@ -68,7 +69,7 @@ def store_url(emulator):
     return f"gs://{BUCKET}/{uuid.uuid4().hex[:8]}"
 
 
-def test_objects_and_exclusive_create(store_url):
+def test_objects_and_exclusive_create(store_url, tmp_path):
     store = object_store.open_store(store_url)
     assert store.read("a/x") is None and store.names("a") == []
     store.write("a/x", b"one")
@@ -97,7 +98,21 @@ def test_objects_and_exclusive_create(store_url):
     store.delete("a/x")
     store.delete("a/x")  # already gone: no error
     assert store.names("a") == []
-    assert not store.exists(".w2s-write-check-x")  # the probe cleaned up
+    # open_store's probe left nothing behind.
+    assert [n for n in store.names("") if n.startswith(".w2s")] == []
+    # Files stream both ways.
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * 4096)
+    store.upload(str(src), "files/big.bin")
+    store.download("files/big.bin", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+
+
+def test_a_bucket_without_exclusive_create_is_refused(store_url, monkeypatch):
+    monkeypatch.setattr(object_store.ObjectStore, "create",
+                        lambda self, rel, data: self.write(rel, data) or True)
+    with pytest.raises(WorkdirError, match="let an object be created twice"):
+        object_store.open_store(store_url)
 
 
 def test_bad_store_urls_are_one_line_errors(emulator):
@@ -118,8 +133,8 @@ STAGE_ID = f"{NAME}-{KEY}"
 
 
 def _claims(store_url, tmp_path):
-    return stages.StoreClaims(object_store.ObjectStore(store_url),
-                              str(tmp_path / "stages"))
+    return bucket_stages.BucketClaims(object_store.ObjectStore(store_url),
+                                      str(tmp_path / "stages"))
 
 
 def _foreign_claim(claims, gen=0, heartbeat_age=0.0):
@@ -244,19 +259,98 @@ def test_stage_finished_before_the_store_was_used_is_uploaded(store_url,
     np.testing.assert_array_equal(fetched.arrays["x"], np.ones(3))
 
 
-def test_second_store_of_a_stage_keeps_the_first(store_url, tmp_path):
+def _local_stage(tmp_path, value):
+    path = str(tmp_path / f"local{value}" / STAGE_ID)
+    stages._store(path, {"v": value}, {"x": np.full(3, value)})
+    return path
+
+
+def test_a_stage_stored_second_is_replaced_by_the_first(store_url, tmp_path):
+    bucket = bucket_stages.BucketStages(object_store.ObjectStore(store_url),
+                                        str(tmp_path / "stages"))
+    first, second = _local_stage(tmp_path, 1.0), _local_stage(tmp_path, 2.0)
+    assert bucket.publish(STAGE_ID, first)
+    # An owner judged gone that was not: its copy loses, and it goes on
+    # with the stored one, as every other machine does.
+    assert not bucket.publish(STAGE_ID, second)
+    loaded = stages._load(NAME, KEY, second, reused=False)
+    assert loaded.record == {"v": 1.0}
+    np.testing.assert_array_equal(loaded.arrays["x"], np.full(3, 1.0))
+    # The loser's files were deleted: the winner's two and done.json.
+    assert len(bucket.store.names(f"stages/{STAGE_ID}")) == 3
+
+
+def test_a_create_whose_reply_was_lost_is_still_ours(store_url, tmp_path,
+                                                     monkeypatch):
+    """The client retries a create whose reply was lost; the retry finds
+    the object there and fails, though the first attempt made it."""
     store = object_store.ObjectStore(store_url)
-    for i, value in enumerate((1.0, 2.0)):
-        stages._store(str(tmp_path / str(i) / STAGE_ID), {"v": value},
-                      {"x": np.full(3, value)})
-    assert stages._upload(store, STAGE_ID, str(tmp_path / "0" / STAGE_ID))
-    assert not stages._upload(store, STAGE_ID, str(tmp_path / "1" / STAGE_ID))
-    stages._fetch(store, STAGE_ID, str(tmp_path / "fetched"))
-    fetched = stages._load(NAME, KEY, str(tmp_path / "fetched"), reused=True)
-    assert fetched.record == {"v": 1.0}
-    np.testing.assert_array_equal(fetched.arrays["x"], np.full(3, 1.0))
-    # The loser's files were deleted: only the winner's and done.json.
-    assert len(store.names(f"stages/{STAGE_ID}")) == 3
+    create = object_store.ObjectStore.create
+    monkeypatch.setattr(object_store.ObjectStore, "create",
+                        lambda self, rel, data: create(self, rel, data) and False)
+    bucket = bucket_stages.BucketStages(store, str(tmp_path / "stages"))
+    assert bucket.publish(STAGE_ID, _local_stage(tmp_path, 1.0))
+    bucket.sync(NAME, STAGE_ID, str(tmp_path / "fresh" / STAGE_ID))
+    assert stages._load(NAME, KEY, str(tmp_path / "fresh" / STAGE_ID),
+                        reused=True).record == {"v": 1.0}
+    claims = bucket_stages.BucketClaims(store, str(tmp_path / "stages"))
+    claim = stages.try_claim(claims, "other", KEY, FAST)
+    assert isinstance(claim, stages.Claim) and claim.gen == 0
+    claim.release(finished=False)
+
+
+def test_a_waiter_looks_again_after_a_store_failure(store_url, tmp_path,
+                                                    monkeypatch, capsys):
+    from gcsfs.retry import HttpError
+    claims = _claims(store_url, tmp_path)
+    monkeypatch.setattr(bucket_stages, "BUCKET_POLL_S", 0.0)
+    monkeypatch.setattr(bucket_stages.BucketClaims, "MIN_POLL_S", 0.0)
+    exists, failures = object_store.ObjectStore.exists, [3]
+
+    def flaky(self, rel):
+        if failures[0]:
+            failures[0] -= 1
+            raise HttpError({"code": 503, "message": "backend error"})
+        return exists(self, rel)
+
+    monkeypatch.setattr(object_store.ObjectStore, "exists", flaky)
+    claim = stages.acquire(claims, NAME, KEY, FAST)
+    assert isinstance(claim, stages.Claim) and failures == [0]
+    claim.release(finished=False)
+    out = capsys.readouterr().out
+    assert out.count("warning: the store failed while looking at stage") == 1
+
+    # Failing for longer than a claim stays live: the error is raised.
+    failures[0] = 10 ** 6
+    brief = stages.ClaimTiming(stale_after_s=0.2, heartbeat_s=0.05,
+                               poll_s=0.02)
+    with pytest.raises(HttpError):
+        stages.acquire(claims, "other", KEY, brief)
+
+
+def test_heartbeat_outlives_a_failing_store(store_url, tmp_path, monkeypatch):
+    from gcsfs.retry import HttpError
+    claims = _claims(store_url, tmp_path)
+    claim = stages.try_claim(claims, NAME, KEY, FAST)
+    failing = threading.Event()
+    write = object_store.ObjectStore.write
+
+    def flaky(self, rel, data):
+        if failing.is_set():
+            raise HttpError({"code": 503, "message": "backend error"})
+        write(self, rel, data)
+
+    monkeypatch.setattr(object_store.ObjectStore, "write", flaky)
+    failing.set()
+    time.sleep(0.3)  # several beats fail
+    assert claim._thread.is_alive()
+    failing.clear()
+    time.sleep(0.3)
+    beat = float(claims.store.read(f"claims/{STAGE_ID}/0.heartbeat"))
+    assert time.time() - beat < 0.3
+    failing.set()  # release must not raise either
+    claim.release(finished=False)
+    failing.clear()
 
 
 def _index(store_url):
@@ -289,19 +383,9 @@ def test_two_shards_on_two_machines_share_a_bucket(mirror, store_url, tmp_path):
                f"{store_url} --out=" in out for out, _ in outputs)
 
     alone = str(tmp_path / "alone")
-    proc = subprocess.run(
-        [sys.executable, "-m", "w2s_jax.main", f"--config={config_file}",
-         f"--workdir={alone}"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(os.path.join(alone, "store", "index.jsonl")) as f:
-        single = {r["run_id"]: r for r in map(json.loads, f)}
-    sharded = _index(store_url)
-    assert sorted(sharded) == sorted(single) and len(single) == 12
+    single = run_alone(config_file, alone, env)
+    assert_same_runs(_index(store_url), single)
     assert sorted(store.names("runs")) == sorted(f"{r}.json" for r in single)
-    for run_id, record in single.items():
-        assert sharded[run_id]["gold_test"] == record["gold_test"]
-        assert sharded[run_id]["comparisons"] == record["comparisons"]
 
     # The report from the bucket alone equals the one-process report.
     from_bucket = report_main.write_report(store_url, str(tmp_path / "r1"))

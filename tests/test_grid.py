@@ -214,13 +214,22 @@ def test_two_shards_at_once_match_one_process(mirror, tmp_path):
     assert len(written) == len(stage_dirs)
     assert not any("another process stored" in out for out, _ in outputs)
 
-    alone = str(tmp_path / "alone")
+    single = run_alone(config_file, str(tmp_path / "alone"), env)
+    assert_same_runs(_store(shared), single)
+
+
+def run_alone(config_file, workdir, env) -> dict:
+    """The grid in one process; its result store's records by run id."""
     proc = subprocess.run(
         [sys.executable, "-m", "w2s_jax.main", f"--config={config_file}",
-         f"--workdir={alone}"], cwd=REPO, env=env, capture_output=True,
+         f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded, single = _store(shared), _store(alone)
+    return _store(workdir)
+
+
+def assert_same_runs(sharded: dict, single: dict) -> None:
+    """Sharded runs gave the one-process grid's 12 runs and results."""
     assert sorted(sharded) == sorted(single) and len(single) == 12
     for run_id, record in single.items():
         assert sharded[run_id]["gold_test"] == record["gold_test"]

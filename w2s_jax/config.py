@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
                                              "points": []})
     # Where finished stages, their claims and the result store live when
     # shards run on machines that do not share a filesystem: a bucket URL,
-    # "gs://<bucket>/<path>" (pip install -e ".[gcs]"; core/object_store.py).
+    # "gs://<bucket>/<path>" (pip install -e ".[gcs]"; core/bucket_stages.py).
     # "" keeps them in the workdir, which shards on one shared filesystem
     # share. Each workdir keeps a local copy of every stage it used.
     config.store = ""

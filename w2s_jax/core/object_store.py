@@ -1,26 +1,20 @@
 """A Google Cloud Storage bucket as the store that a grid's shards share
-(`config.store = "gs://<bucket>/<path>"`), through fsspec's gcsfs.
+(`config.store = "gs://<bucket>/<path>"`), through gcsfs.
 
 A bucket has no directories and no rename, so nothing here relies on them:
 an object appears whole or not at all when its upload completes, and
 `create` uploads only if the object is absent (GCS's `ifGenerationMatch=0`
 precondition, decided by the server: of two concurrent creates exactly one
-succeeds). Stage claims and stored stages (core/stages.py) and the run index
-(report/publish.py) are built from these two guarantees alone.
+succeeds). Stage claims and stored stages (core/bucket_stages.py) and the
+run index (report/publish.py) are built from these two guarantees alone;
+`open_store` checks both before a run starts.
 
-Layout under the store's URL:
-
-    stages/<name>-<key>/arrays-<tag>.npz,         a finished stage: its
-                        record-<tag>.json,        files, then done.json
-                        done.json                 naming them (its presence
-                                                  means finished)
-    claims/<name>-<key>/<n>.owner.json            claim generation n
-                       /<n>.heartbeat, <n>.released
-    runs/<run id>.json, index.jsonl               the result store
-
-Credentials are gcsfs's defaults (Application Default Credentials, or the
-VM's service account). `STORAGE_EMULATOR_HOST` points gcsfs at an emulator
-(tests/gcs_emulator.py).
+The client is gcsfs's JSON-API filesystem (`gcsfs.core.GCSFileSystem`),
+named directly: fsspec's default for gs:// is gcsfs's experimental client,
+whose uploads to zonal buckets neither honour the create precondition nor
+finish objects at once. Credentials are gcsfs's defaults (Application
+Default Credentials, or the VM's service account). `STORAGE_EMULATOR_HOST`
+points it at an emulator (tests/gcs_emulator.py).
 """
 from __future__ import annotations
 
@@ -29,6 +23,23 @@ import uuid
 from w2s_jax.core.errors import UsageError, WorkdirError
 
 PROTOCOLS = ("gs",)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a bucket's client raises for a request that may succeed when
+    repeated (after its own retries): network, HTTP and credential-refresh
+    failures. Empty without gcsfs (no bucket can be used then)."""
+    try:
+        import aiohttp
+        import google.auth.exceptions
+        from gcsfs.retry import HttpError
+    except ImportError:
+        return ()
+    return (OSError, HttpError, aiohttp.ClientError,
+            google.auth.exceptions.TransportError)
+
+
+TRANSIENT_ERRORS = _transient_errors()
 
 
 class ObjectStore:
@@ -44,8 +55,7 @@ class ObjectStore:
                 f"or '' for the workdir itself (shards on one shared "
                 f"filesystem share the workdir)")
         try:
-            import fsspec
-            import gcsfs  # noqa: F401  (fsspec's "gs" filesystem)
+            import gcsfs.core
         except ImportError:
             raise UsageError(
                 f"config.store={url!r} needs gcsfs: pip install -e "
@@ -53,8 +63,8 @@ class ObjectStore:
         self.url = f"{protocol}://{root.strip('/')}"
         self.root = root.strip("/")
         # No listing cache: claims are read to see other machines' changes.
-        self.fs = fsspec.filesystem(protocol, use_listings_cache=False,
-                                    skip_instance_cache=True)
+        self.fs = gcsfs.core.GCSFileSystem(use_listings_cache=False,
+                                           skip_instance_cache=True)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
@@ -81,6 +91,14 @@ class ObjectStore:
             return False
         return True
 
+    def upload(self, local_path: str, rel: str) -> None:
+        """Upload a local file (streamed, not read into memory whole)."""
+        self.fs.put_file(local_path, self._path(rel))
+
+    def download(self, rel: str, local_path: str) -> None:
+        """Download an object to a local file (streamed)."""
+        self.fs.get_file(self._path(rel), local_path)
+
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self._path(rel))
 
@@ -105,27 +123,34 @@ class ObjectStore:
 
 
 def open_store(url: str) -> ObjectStore:
-    """The store at `url`, checked by uploading, reading back and deleting a
-    probe object, so a missing bucket or permission stops the run before
-    any work."""
+    """The store at `url`, checked before any work: a probe object is
+    uploaded, read back, created again (which must be refused: claims rely
+    on it) and deleted, so a missing bucket, a missing permission or a
+    bucket without the create precondition stops the run at once."""
     store = ObjectStore(url)
     probe = f".w2s-write-check-{uuid.uuid4().hex}"
     try:
-        store.write(probe, b"probe")
-        ok = store.read(probe) == b"probe"
+        created = store.create(probe, b"probe")
+        read_back = store.read(probe)
+        again = store.create(probe, b"again")
         store.delete(probe)
     except FileNotFoundError:
-        raise WorkdirError(f"config.store={url!r}: bucket {url.split('/')[2]!r} "
-                           f"does not exist; create it (gcloud storage "
-                           f"buckets create gs://{url.split('/')[2]}) or fix "
-                           f"the URL") from None
+        bucket = store.root.split("/")[0]
+        raise WorkdirError(f"config.store={url!r}: bucket {bucket!r} does "
+                           f"not exist; create it (gcloud storage buckets "
+                           f"create gs://{bucket}) or fix the URL") from None
     except Exception as err:  # gcsfs raises auth, HTTP and OS errors alike
         first = str(err).splitlines()[0] if str(err) else ""
         reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
         raise WorkdirError(f"config.store={url!r} cannot be written: "
                            f"{reason}; check the bucket's name and that "
                            f"these credentials may write to it") from None
-    if not ok:
+    if not created or read_back != b"probe":
         raise WorkdirError(f"config.store={url!r}: an object written there "
                            f"read back different")
+    if again:
+        raise WorkdirError(f"config.store={url!r}: the bucket let an object "
+                           f"be created twice, so stage claims could not be "
+                           f"exclusive; use a regional or multi-region "
+                           f"bucket (not a zonal one)")
     return store

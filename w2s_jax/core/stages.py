@@ -48,8 +48,8 @@ token). NFS clients cache directory listings (up to acdirmax, 60 s by
 default), which only delays when a waiter notices a change. gcsfuse and
 other object-store mounts do not rename directories atomically: claims are
 not safe there. For a bucket, `run_stage(..., store=)` keeps claims and
-finished stages as objects instead (StoreClaims, core/object_store.py),
-relying on GCS's create-only-if-absent in place of the rename.
+finished stages as objects instead (core/bucket_stages.py), relying on
+GCS's create-only-if-absent in place of the rename.
 """
 from __future__ import annotations
 
@@ -123,43 +123,42 @@ def run_stage(workdir: str, name: str, spec: dict,
     calls this; only process 0 writes.
 
     With a `store` (a bucket shared by machines that do not share the
-    workdir), claims and finished stages live in the store, and the
-    workdir keeps a copy of every stage this process used (StoreClaims).
+    workdir; core/bucket_stages.py), claims and finished stages live in the
+    bucket, and the workdir keeps a copy of every stage this process used,
+    always the bucket's own.
     """
     key = stage_key(spec)
     stages_dir = os.path.join(workdir, "stages")
     stage_id = f"{name}-{key}"
     path = os.path.join(stages_dir, stage_id)
-    where = stages_dir if store is None else StoreClaims(store, stages_dir)
-    claim = acquire(where, name, key, timing)
+    bucket = None
+    if store is not None:
+        from w2s_jax.core import bucket_stages  # it builds on this module
+        bucket = bucket_stages.BucketStages(store, stages_dir)
+    claims = LocalClaims(stages_dir) if bucket is None else bucket.claims
+    claim = acquire(claims, name, key, timing)
     if claim is None:
-        if store is not None:
-            if distributed.is_primary() and not _finished(path):
-                log(f"[{name}] copying finished stage "
-                    f"{store.url_of(_stored(stage_id))} to {path}")
-                _fetch(store, stage_id, path)
-            elif (distributed.is_primary()
-                  and not store.exists(f"{_stored(stage_id)}/{_DONE}")):
-                # Finished in this workdir before it used the store.
-                _upload(store, stage_id, path)
+        if bucket is not None:
+            if distributed.is_primary():
+                bucket.sync(name, stage_id, path)
             distributed.barrier(f"fetched stage {stage_id}")
         log(f"[{name}] reusing finished stage {path}")
         if distributed.is_primary():
             # Left behind if a run died between storing the stage and this.
-            _claims(where).remove(stage_id)
+            claims.remove(stage_id)
         return _load(name, key, path, reused=True)
 
     try:
         record, arrays = compute(claim.work_dir)
         record = {"stage": name, "key": key, "spec": spec, **record}
         stored = distributed.is_primary() and _store(path, record, arrays)
-        if store is not None and distributed.is_primary():
-            stored = _upload(store, stage_id, path)
+        if bucket is not None and distributed.is_primary():
+            stored = bucket.publish(stage_id, path)
     except BaseException:
         claim.release(finished=False)
         raise
     claim.release(finished=True)
-    where_to = path if store is None else store.url_of(_stored(stage_id))
+    where_to = path if bucket is None else bucket.url(stage_id)
     if stored:
         log(f"[{name}] stage written to {where_to}")
     elif distributed.is_primary():
@@ -184,7 +183,7 @@ def _store(path: str, record: dict, arrays: dict[str, np.ndarray]) -> bool:
         os.rename(tmp, path)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _finished(path):
+        if is_finished(path):
             return False
         raise
     except BaseException:
@@ -201,78 +200,21 @@ def _load(name: str, key: str, path: str, reused: bool) -> StageResult:
     return StageResult(name, key, path, record, arrays, reused=reused)
 
 
-def _finished(path: str) -> bool:
+def is_finished(path: str) -> bool:
     return os.path.exists(os.path.join(path, "record.json"))
-
-
-# A stage in an object store: its files under names of their own, then
-# `done.json` naming them, created only if absent. Its presence means
-# finished, and of two processes storing the same stage (an owner judged
-# gone that was not) exactly one names its files; a reader never mixes
-# one process's record with another's arrays.
-_STAGE_FILES = ("arrays.npz", "record.json")
-_DONE = "done.json"
-
-
-def _stored(stage_id: str) -> str:
-    return f"stages/{stage_id}"
-
-
-def _upload(store: ObjectStore, stage_id: str, path: str) -> bool:
-    """Copy the local stage at `path` to the store; False if another process
-    stored it first (its copy stays, and ours is deleted)."""
-    if store.exists(f"{_stored(stage_id)}/{_DONE}"):
-        return False
-    tag = uuid.uuid4().hex[:12]
-    names = {}
-    for name in _STAGE_FILES:
-        stem, ext = os.path.splitext(name)
-        names[name] = f"{stem}-{tag}{ext}"
-        with open(os.path.join(path, name), "rb") as f:
-            store.write(f"{_stored(stage_id)}/{names[name]}", f.read())
-    if store.create(f"{_stored(stage_id)}/{_DONE}",
-                    json.dumps(names, sort_keys=True).encode()):
-        return True
-    for name in names.values():
-        store.delete(f"{_stored(stage_id)}/{name}")
-    return False
-
-
-def _fetch(store: ObjectStore, stage_id: str, path: str) -> None:
-    """Copy a finished stage from the store to `path` (written whole, as
-    `_store` writes)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-",
-                           dir=os.path.dirname(path))
-    try:
-        names = json.loads(store.read(f"{_stored(stage_id)}/{_DONE}"))
-        for name in _STAGE_FILES:
-            data = store.read(f"{_stored(stage_id)}/{names[name]}")
-            if data is None:
-                raise FileNotFoundError(
-                    f"{store.url_of(_stored(stage_id))}/{names[name]} is "
-                    f"missing from a finished stage")
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        os.rename(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _finished(path):  # else: another process fetched it first
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # Claims ----------------------------------------------------------------------
 #
 # API: `acquire` (wait for a stage or claim it; every process of a job calls
 # it), `try_claim` (one attempt that never waits: a `Claim`, a `Holder`, or
-# FINISHED), `Claim.release`, `holder` (who computes a stage now) and
-# `remove_claims`. A grid of jobs sharing one workdir needs nothing else.
+# FINISHED), `Claim.release` and `holder` (who computes a stage now), over
+# a stages directory (LocalClaims) or a bucket (bucket_stages.BucketClaims).
+# A grid of jobs sharing one workdir needs nothing else.
 
 FINISHED = "finished"
-_OWNER, _HEARTBEAT, _RELEASED = "owner.json", "heartbeat", "released"
+# A claim's parts (files in a claim directory; objects' suffixes in a bucket).
+OWNER, HEARTBEAT, RELEASED = "owner.json", "heartbeat", "released"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +278,7 @@ class Holder:
 class Claim:
     """This job's claim on a stage: compute into `work_dir`, then release."""
 
-    def __init__(self, claims: LocalClaims | StoreClaims, stage_id: str,
+    def __init__(self, claims, stage_id: str,
                  gen: int, owner: dict | None, timing: ClaimTiming):
         self.claims, self.stage_id, self.gen = claims, stage_id, gen
         self.owner = owner  # None in processes other than the writing one
@@ -355,13 +297,18 @@ class Claim:
             self._thread.join()
         if self.owner is None:
             return
-        if finished:
-            self.claims.remove(self.stage_id)
-        else:
-            try:
+        # Best effort: a failure here must not replace the exception being
+        # handled (a preemption, a failed compute) nor fail a stored stage.
+        try:
+            if finished:
+                self.claims.remove(self.stage_id)
+            else:
                 self.claims.mark_released(self.stage_id, self.gen)
-            except OSError:
-                pass
+        except Exception as err:  # a bucket raises HTTP errors, not OSError
+            log(f"[{self.stage_id.rsplit('-', 1)[0]}] warning: could not "
+                f"{'remove' if finished else 'release'} the claim on stage "
+                f"{self.stage_id} ({type(err).__name__}: {err}); others take "
+                f"it over once its heartbeat is stale")
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, daemon=True,
@@ -376,13 +323,16 @@ class Claim:
                 self.claims.beat(self.stage_id, self.gen)
                 newer = [g for g in self.claims.generations(self.stage_id)
                          if g > self.gen]
-            except OSError:
-                # Removed once the stage was stored; or a filesystem hiccup,
-                # after which the next beat tries again.
+                taker = (holder(self.claims, self.stage_id)
+                         if newer and not warned else None)
+            except Exception:
+                # Removed once the stage was stored; or a filesystem or
+                # network hiccup (a bucket raises HTTP errors, not OSError),
+                # after which the next beat tries again: this thread must
+                # outlive it, or the claim would go stale.
                 continue
             if newer and not warned:
                 warned = True
-                taker = holder(self.claims, self.stage_id)
                 log(f"[{name}] warning: the claim on stage {self.stage_id} "
                     f"was taken over by "
                     f"{taker.describe() if taker else 'another process'}; "
@@ -413,13 +363,14 @@ def no_waiting():
         _WAITING[0] = True
 
 
-def acquire(where: str | StoreClaims, name: str, key: str,
+def acquire(where, name: str, key: str,
             timing: ClaimTiming | None = None) -> Claim | None:
     """Wait until stage `<name>-<key>` is finished (None) or this job holds
     its claim (a Claim: compute, then `release`); under `no_waiting`,
     raise StageBusy instead of waiting.
 
-    `where` is a local stages directory or a store's claims (StoreClaims).
+    `where` is a local stages directory, or claims with LocalClaims' methods
+    (bucket_stages.BucketClaims).
     Collective: every process of a multi-host job calls it; process 0 does
     the filesystem work and, at every poll, tells the others its outcome, so
     all of them wait, reuse or compute together.
@@ -427,11 +378,24 @@ def acquire(where: str | StoreClaims, name: str, key: str,
     claims = _claims(where)
     timing = timing or ClaimTiming.from_env()
     stage_id = f"{name}-{key}"
-    waiting_since = last_report = None
+    waiting_since = last_report = failing_since = None
     while True:
         outcome = None
         if distributed.is_primary():
-            outcome = try_claim(claims, name, key, timing)
+            try:
+                outcome = try_claim(claims, name, key, timing)
+                failing_since = None
+            except claims.TRANSIENT as err:
+                # A bucket's hiccup (its client has retried already): look
+                # again at the next poll, for as long as a claim stays live.
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    log(f"[{name}] warning: the store failed while looking "
+                        f"at stage {stage_id} ({type(err).__name__}: {err}); "
+                        f"trying again")
+                elif now - failing_since > timing.stale_after_s:
+                    raise
         code, gen = _agree(outcome)
         if code == _CODE_FINISHED:
             if waiting_since is not None:
@@ -458,10 +422,10 @@ def acquire(where: str | StoreClaims, name: str, key: str,
                 log(f"[{name}] still waiting "
                     f"({format_duration(now - waiting_since)}) for stage "
                     f"{stage_id}, held by {outcome.describe()}")
-        time.sleep(timing.poll_s)
+        time.sleep(max(timing.poll_s, claims.MIN_POLL_S))
 
 
-def try_claim(where: str | StoreClaims, name: str, key: str,
+def try_claim(where, name: str, key: str,
               timing: ClaimTiming | None = None):
     """One attempt, never waiting: FINISHED if the stage is stored, a Claim
     if this process now holds it (its heartbeat running), else the Holder
@@ -508,26 +472,24 @@ def try_claim(where: str | StoreClaims, name: str, key: str,
     return claim
 
 
-def holder(where: str | StoreClaims, stage_id: str) -> Holder | None:
+def holder(where, stage_id: str) -> Holder | None:
     """Who holds stage `<name>-<key>`'s claim now, if anyone."""
     claims = _claims(where)
     gens = claims.generations(stage_id)
     return claims.read_holder(stage_id, gens[-1]) if gens else None
 
 
-def remove_claims(stages_dir: str, stage_id: str) -> None:
-    """Remove every claim and in-progress directory of a stored stage."""
-    LocalClaims(stages_dir).remove(stage_id)
-
-
 class LocalClaims:
     """Claims as directories beside the stages (module docstring)."""
+
+    TRANSIENT = ()  # errors `acquire` retries: none, a local error is real
+    MIN_POLL_S = 0.0  # a waiter looks every ClaimTiming.poll_s
 
     def __init__(self, stages_dir: str):
         self.stages_dir = stages_dir
 
     def finished(self, stage_id: str) -> bool:
-        return _finished(os.path.join(self.stages_dir, stage_id))
+        return is_finished(os.path.join(self.stages_dir, stage_id))
 
     def generations(self, stage_id: str) -> list[int]:
         return _generations(self.stages_dir, stage_id)
@@ -540,11 +502,11 @@ class LocalClaims:
 
     def beat(self, stage_id: str, gen: int) -> None:
         _write_atomic(os.path.join(_claim_path(self.stages_dir, stage_id, gen),
-                                   _HEARTBEAT), repr(time.time()))
+                                   HEARTBEAT), repr(time.time()))
 
     def mark_released(self, stage_id: str, gen: int) -> None:
         _write_atomic(os.path.join(_claim_path(self.stages_dir, stage_id, gen),
-                                   _RELEASED), "released\n")
+                                   RELEASED), "released\n")
 
     def remove_generation(self, stage_id: str, gen: int) -> None:
         shutil.rmtree(_claim_path(self.stages_dir, stage_id, gen),
@@ -565,86 +527,8 @@ class LocalClaims:
                           ignore_errors=True)
 
 
-class StoreClaims:
-    """Claims as objects in a store (core/object_store.py), for machines
-    that share the store but not the workdir:
-
-        claims/<name>-<key>/<n>.owner.json   generation n, created only if
-                                             absent (the server decides)
-                           /<n>.heartbeat    rewritten every heartbeat_s
-                           /<n>.released
-
-    A stage is finished once the store holds its `done.json` (or the local
-    workdir holds the stage). In-progress directories stay in the local `stages_dir`:
-    an owner on the same machine resumes from its predecessor's
-    checkpoints; one on another machine starts the stage afresh."""
-
-    def __init__(self, store: ObjectStore, stages_dir: str):
-        self.store, self.stages_dir = store, stages_dir
-
-    def _object(self, stage_id: str, gen: int, kind: str) -> str:
-        return f"claims/{stage_id}/{gen}.{kind}"
-
-    def finished(self, stage_id: str) -> bool:
-        return (_finished(os.path.join(self.stages_dir, stage_id))
-                or self.store.exists(f"{_stored(stage_id)}/{_DONE}"))
-
-    def generations(self, stage_id: str) -> list[int]:
-        gens = (name.split(".", 1)[0]
-                for name in self.store.names(f"claims/{stage_id}")
-                if name.endswith(".owner.json"))
-        return sorted(int(g) for g in gens if g.isdigit())
-
-    def create(self, stage_id: str, gen: int, owner: dict) -> bool:
-        text = json.dumps(owner, indent=1, sort_keys=True).encode()
-        if self.store.create(self._object(stage_id, gen, _OWNER), text):
-            return True
-        # Taken; or our own upload, retried by the client after a lost
-        # reply: the token tells.
-        found = self.store.read(self._object(stage_id, gen, _OWNER))
-        try:
-            return json.loads(found).get("token") == owner["token"]
-        except (TypeError, ValueError):
-            return False
-
-    def read_holder(self, stage_id: str, gen: int) -> Holder | None:
-        text = self.store.read(self._object(stage_id, gen, _OWNER))
-        if text is None:
-            return None  # removed: the stage was stored
-        try:
-            owner = json.loads(text)
-        except ValueError:
-            owner = {}
-        beat = self.store.read(self._object(stage_id, gen, _HEARTBEAT))
-        try:
-            heartbeat = float(beat)
-        except (TypeError, ValueError):
-            heartbeat = owner.get("started", time.time())
-        released = self.store.exists(self._object(stage_id, gen, _RELEASED))
-        return Holder(stage_id, gen, owner, heartbeat, released=released)
-
-    def beat(self, stage_id: str, gen: int) -> None:
-        self.store.write(self._object(stage_id, gen, _HEARTBEAT),
-                         repr(time.time()).encode())
-
-    def mark_released(self, stage_id: str, gen: int) -> None:
-        self.store.write(self._object(stage_id, gen, _RELEASED), b"released\n")
-
-    def remove_generation(self, stage_id: str, gen: int) -> None:
-        for kind in (_HEARTBEAT, _RELEASED, _OWNER):
-            self.store.delete(self._object(stage_id, gen, kind))
-
-    def remove(self, stage_id: str) -> None:
-        """Every claim of a stored stage, and its local in-progress
-        directories; the owner objects last, so generations never look
-        free while others remain."""
-        names = self.store.names(f"claims/{stage_id}")
-        for name in sorted(names, key=lambda n: n.endswith(_OWNER)):
-            self.store.delete(f"claims/{stage_id}/{name}")
-        LocalClaims(self.stages_dir).remove(stage_id)
-
-
-def _claims(where: str | LocalClaims | StoreClaims) -> LocalClaims | StoreClaims:
+def _claims(where):
+    """A stages directory's LocalClaims, or the claims object given."""
     return LocalClaims(where) if isinstance(where, str) else where
 
 
@@ -695,9 +579,9 @@ def _create_claim(stages_dir: str, stage_id: str, gen: int, owner: dict
     tmp = tempfile.mkdtemp(prefix=f".claimtmp-{stage_id}-", dir=stages_dir)
     target = _claim_path(stages_dir, stage_id, gen)
     try:
-        with open(os.path.join(tmp, _OWNER), "w") as f:
+        with open(os.path.join(tmp, OWNER), "w") as f:
             json.dump(owner, f, indent=1, sort_keys=True)
-        with open(os.path.join(tmp, _HEARTBEAT), "w") as f:
+        with open(os.path.join(tmp, HEARTBEAT), "w") as f:
             f.write(repr(owner["started"]))
         os.rename(tmp, target)
         return True
@@ -706,7 +590,7 @@ def _create_claim(stages_dir: str, stage_id: str, gen: int, owner: dict
         # whose first reply was lost: the token tells.
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            with open(os.path.join(target, _OWNER)) as f:
+            with open(os.path.join(target, OWNER)) as f:
                 return json.load(f).get("token") == owner["token"]
         except (OSError, ValueError):
             return False
@@ -730,7 +614,7 @@ def _adopt_work_dir(stages_dir: str, stage_id: str, gen: int) -> None:
 def _read_holder(stages_dir: str, stage_id: str, gen: int) -> Holder | None:
     path = _claim_path(stages_dir, stage_id, gen)
     try:
-        with open(os.path.join(path, _OWNER)) as f:
+        with open(os.path.join(path, OWNER)) as f:
             owner = json.load(f)
     except FileNotFoundError:
         if not os.path.isdir(path):
@@ -739,7 +623,7 @@ def _read_holder(stages_dir: str, stage_id: str, gen: int) -> Holder | None:
     except (OSError, ValueError):
         owner = {}
     try:
-        with open(os.path.join(path, _HEARTBEAT)) as f:
+        with open(os.path.join(path, HEARTBEAT)) as f:
             heartbeat = float(f.read())
     except (OSError, ValueError):
         try:
@@ -747,7 +631,7 @@ def _read_holder(stages_dir: str, stage_id: str, gen: int) -> Holder | None:
         except OSError:
             return None
     return Holder(stage_id, gen, owner, heartbeat,
-                  released=os.path.exists(os.path.join(path, _RELEASED)))
+                  released=os.path.exists(os.path.join(path, RELEASED)))
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -18,7 +18,7 @@ import tempfile
 import ml_collections
 
 from w2s_jax import config as config_lib
-from w2s_jax.core import object_store
+from w2s_jax.core import distributed, object_store
 from w2s_jax.core.errors import ExpectedError, WorkdirError
 from w2s_jax.data import (chess_puzzles, sources, splits, tasks, tfds_tasks,
                           user_tasks)
@@ -30,7 +30,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
     models, both named in one message when both have one (a machine
     without the hub usually lacks both)."""
     check_workdir(workdir)
-    if config.store:
+    if config.store and distributed.is_primary():
         object_store.open_store(config.store)
     problems = []
     for step in (check_data, check_models):

@@ -27,6 +27,9 @@ def write_report(where: str, out: str | None = None) -> dict:
     """Builds and writes the report of a workdir's store, or of a bucket
     store's URL (then `out` is needed); returns {"paths", "markdown",
     "data"}."""
+    if store.is_bucket(where) and not out:
+        raise errors.UsageError(f"a report of the bucket store {where} needs "
+                                f"--out, a local directory for its files")
     records, skipped = store.read_store(where)
     out = out or os.path.join(where, "report")
     data = aggregate.aggregate(records)

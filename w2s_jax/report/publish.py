@@ -21,14 +21,16 @@ two things at `<store>/runs/` and `<store>/index.jsonl`. A bucket cannot
 append or rename, so the index is rewritten whole under a lock object
 created only if absent: the current index, this run's record, and any run
 file the index lacks (one whose process died before indexing it). A run
-the index misses after a lock expired at a bad moment is therefore added
-by the next publish.
+the index misses (its process died before indexing it, or a lock expired
+at a bad moment) is added by the next publish, and the report reads such
+runs from `runs/` too (report/store.py).
 """
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -118,32 +120,33 @@ def _publish_to_bucket(store, run_id: str, text: str) -> None:
 class _bucket_lock:
     """The bucket's version of `_lock`: an object created only if absent,
     holding its owner's token and time; one older than _LOCK_STALE_S
-    belongs to a process that died holding it."""
+    belongs to a process that died holding it. Polled every half second or
+    so (GCS allows about one write a second to one object)."""
 
     def __init__(self, store, name: str):
         self.store, self.name = store, name
         self.token = uuid.uuid4().hex
 
+    def _held(self) -> dict:
+        try:
+            return json.loads(self.store.read(self.name))
+        except (TypeError, ValueError):
+            return {}  # released while looking
+
     def __enter__(self):
         while not self.store.create(self.name, json.dumps(
                 {"token": self.token, "time": time.time()}).encode()):
-            try:
-                held = json.loads(self.store.read(self.name))
-                stale = time.time() - float(held["time"]) > _LOCK_STALE_S
-            except (TypeError, ValueError, KeyError):
-                stale = False  # released while looking, or being written
-            if stale:
+            held = self._held()
+            if held.get("token") == self.token:
+                break  # our create, retried by the client after a lost reply
+            if time.time() - float(held.get("time", time.time())) > _LOCK_STALE_S:
                 self.store.delete(self.name)
-            time.sleep(0.05)
+            time.sleep(0.4 + 0.2 * random.random())
         return self
 
     def __exit__(self, *exc):
         # Only while it is still ours: a waiter may have judged it stale.
-        try:
-            ours = json.loads(self.store.read(self.name))["token"] == self.token
-        except (TypeError, ValueError, KeyError):
-            ours = False
-        if ours:
+        if self._held().get("token") == self.token:
             self.store.delete(self.name)
 
 

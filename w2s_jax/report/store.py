@@ -40,13 +40,31 @@ def _make_one(where: str) -> str:
 
 
 def _index_text(where: str) -> str | None:
-    if is_bucket(where):
-        data = object_store.ObjectStore(where).read(os.path.basename(INDEX))
-        return None if data is None else data.decode("utf-8", errors="replace")
-    if not os.path.isfile(index_path(where)):
+    """The index's lines; for a bucket, with a line for every run file the
+    index lacks (a shard that died between writing its run and indexing
+    it, with no later publish to add it)."""
+    if not is_bucket(where):
+        if not os.path.isfile(index_path(where)):
+            return None
+        with open(index_path(where), encoding="utf-8", errors="replace") as f:
+            return f.read()
+    bucket = object_store.ObjectStore(where)
+    data = bucket.read(os.path.basename(INDEX))
+    if data is None:
         return None
-    with open(index_path(where), encoding="utf-8", errors="replace") as f:
-        return f.read()
+    text = data.decode("utf-8", errors="replace")
+    indexed = set()
+    for line in text.splitlines():
+        record = _parse(line)
+        if record is not None:
+            indexed.add(f"{record.get('run_id')}.json")
+    missing = [f"runs/{name}" for name in bucket.names("runs")
+               if name.endswith(".json") and name not in indexed]
+    # A run file is one line of JSON (publish.py); a bad one is skipped and
+    # counted like a bad index line.
+    extra = (bucket.read(name) for name in missing)
+    return text + "".join(found.decode("utf-8", errors="replace").strip()
+                          + "\n" for found in extra if found)
 
 
 def read_store(where: str) -> tuple[list[dict], int]:
