@@ -78,6 +78,9 @@ def make_config(shape: dict):
 
 def side_a(shape: dict, out_path: str) -> None:
     start = time.perf_counter()
+    # As `python -m w2s_jax.main` does first (w2s_jax/core/host_memory.py).
+    from w2s_jax.core import host_memory
+    host_memory.apply_default()
     import numpy as np
     from w2s_jax import run
     from w2s_jax.train import loop
@@ -265,6 +268,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny sizes {QUICK} for a smoke check")
     parser.add_argument("--cores", default="one", choices=["one", "all"])
+    parser.add_argument("--n-train", type=int, default=0,
+                        help="train pool size instead of the shape's "
+                             "(e.g. 4096, where training outweighs compiling)")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs instead of the shape's")
     parser.add_argument("--side-a", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side_a:
@@ -280,6 +288,10 @@ def main() -> None:
     tables = []
     for name in names:
         shape = dict(SHAPES[name], **(QUICK if args.quick else {}))
+        if args.n_train:
+            shape["n_train"] = args.n_train
+        if args.epochs:
+            shape["epochs"] = args.epochs
         with tempfile.TemporaryDirectory() as tmp:
             data, out_a, out_b = (os.path.join(tmp, f) for f in
                                   ("data.json", "a.json", "b.json"))

@@ -105,6 +105,10 @@ def parse_args():
     p.add_argument("--peak-n", type=int, default=0,
                    help="matmul size for the peak; 0 = 8192 gpu, 2048 cpu "
                         "(512 for bf16 on cpu)")
+    p.add_argument("--keep-host-memory", default="on", choices=("on", "off"),
+                   help="w2s_jax.core.host_memory.keep_freed_memory() first "
+                        "(glibc malloc keeps freed memory: no page faults "
+                        "per step); off = glibc's defaults, as before issue 12")
     return p.parse_args()
 
 
@@ -151,6 +155,18 @@ def model_flops(hf, batch, seq, n_nonembed):
     return 6 * n_nonembed * tokens + 12 * layers * batch * seq * seq * d_attn
 
 
+def random_model(name, hf):
+    """A registry.ResolvedModel of the HF-style config `hf`, randomly
+    initialised (no weights, no tokenizer)."""
+    from w2s_jax.models import registry
+    family = registry.MODEL_TYPES[hf["model_type"]]
+    return registry.ResolvedModel(
+        name=name, family=family,
+        backbone_config=registry.FAMILIES[family].config_from_hf(hf),
+        tokenizer=None, default_lr=1e-5, default_minibatch_size=None,
+        checkpoint_dir=None, source={"kind": "random_init"})
+
+
 def jax_variants(name, hf, args, ids, labels, breakdown):
     """name -> zero-arg callable running one synced step; and N_nonembed."""
     import jax
@@ -158,14 +174,8 @@ def jax_variants(name, hf, args, ids, labels, breakdown):
     import optax
     from w2s_jax.core import sharding
     from w2s_jax.train import losses, steps
-    from w2s_jax.models import registry
 
-    family = registry.MODEL_TYPES[hf["model_type"]]
-    cfg = registry.FAMILIES[family].config_from_hf(hf)
-    model = registry.ResolvedModel(
-        name=name, family=family, backbone_config=cfg, tokenizer=None,
-        default_lr=1e-5, default_minibatch_size=None, checkpoint_dir=None,
-        source={"kind": "random_init"})
+    model = random_model(name, hf)
     module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="normal",
                                     compute_dtype=args.dtype)
@@ -380,6 +390,12 @@ def run_model(name, args, torch_dev, peak):
 
 def main():
     args = parse_args()
+    # Before JAX's CPU client (or torch) starts any thread: malloc arenas
+    # are picked per thread at its first allocation.
+    kept = False
+    if args.keep_host_memory == "on":
+        from w2s_jax.core import host_memory
+        kept = host_memory.keep_freed_memory()
     # Cores this process may run on: `taskset -c 0 python ...` gives both
     # frameworks one core (XLA sizes its pool by the affinity mask too).
     ncores = len(os.sched_getaffinity(0))
@@ -411,6 +427,7 @@ def main():
               f"{torch.get_num_threads()}, inter-op "
               f"{torch.get_num_interop_threads()}), transformers "
               f"{transformers.__version__}")
+    print(f"host memory kept (host_memory.keep_freed_memory): {kept}")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (XLA:CPU runs "
           f"its intra-op Eigen pool on all {ncores} cores by default)")
     n, peaks = matmul_peak(args, torch_dev)

@@ -52,6 +52,7 @@ def test_hand_counted_gpt2_on_one_device():
                           mesh=mesh)
     assert (est.params, est.grads, est.optimizer) == (
         4 * N_PARAMS, 4 * N_PARAMS, 8 * N_PARAMS)
+    assert est.gathered == 0  # nothing is gathered on one device
     # Gradient accumulation adds the scan's float32 accumulation buffer.
     accum = memory.estimate(params, None, settings=_settings(16, 8),
                             seq_len=128, model=model, mesh=mesh)
@@ -95,6 +96,13 @@ def test_fsdp4_divides_as_the_shardings_say():
                           model=model, mesh=mesh)
     assert (est.params, est.grads, est.optimizer) == (
         4 * per_device, 4 * per_device, 8 * per_device)
+    # The largest embedding table, wpe (POS x D, its D split 4 ways), is
+    # gathered whole for the lookup, and its float32 gradient is whole
+    # before the reduce-scatter (one buffer serves both).
+    assert est.gathered == 4 * POS * D
+    assert est.total == (est.params + est.grads + est.optimizer
+                         + est.activations + est.gathered)
+    assert "gathered embeddings 0.1 MB" in memory.format(est), memory.format(est)
     # From abstract leaves and shardings alone (before anything is
     # allocated) the same numbers.
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

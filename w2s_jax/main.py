@@ -25,16 +25,23 @@ Multi-host: start the same command on every host, with
 or with W2S_COORDINATOR=host:port W2S_NUM_PROCESSES=n W2S_PROCESS_ID=i
 (or the --config.distributed.* fields) elsewhere; --workdir must be shared.
 """
-import logging
-import sys
+from w2s_jax.core import host_memory
 
-from absl import app, flags
-from ml_collections import config_flags
+# First of all, before JAX starts its CPU threads: on a CPU-only machine
+# the train step's freed buffers are reused, not faulted in again every
+# step (w2s_jax/core/host_memory.py).
+host_memory.apply_default()
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # Light imports only: flag and config-file errors are reported before
 # jax and the data libraries load (see main()).
-from w2s_jax import config as config_lib
-from w2s_jax.core import console, errors
+from w2s_jax import config as config_lib  # noqa: E402
+from w2s_jax.core import console, errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)

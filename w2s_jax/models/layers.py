@@ -96,13 +96,40 @@ class LoraDense(nn.Dense):
         return y + (update * self.scale).astype(y.dtype)
 
 
+class GatheredEmbed(nn.Embed):
+    """nn.Embed whose table is gathered whole over fsdp before the lookup.
+
+    Under fsdp the table's feature dimension is split like every weight's
+    "embed" dimension, while the looked-up rows are split by batch. Looked
+    up from the split table, the rows (and, in the backward pass, their
+    cotangents) would have to move from one split to the other, which XLA
+    can only do by replicating ("involuntary full rematerialization").
+    FSDP's own pattern avoids it: all-gather the weight before use, and the
+    gradient is reduce-scattered back to the weight's split.
+    """
+
+    # Logical names of the gathered table's dimensions: its rows as they
+    # are, its features whole over fsdp ("act_embed" where they are "embed").
+    gathered_axes: tuple[str, str] = ("vocab", "act_embed")
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("embedding lookups take integer ids")
+        table = sharding.constrain(self.embedding, self.gathered_axes)
+        (table,) = self.promote_dtype(table, dtype=self.dtype, inexact=False)
+        if self.num_embeddings == 1:
+            return jnp.broadcast_to(table, inputs.shape + (self.features,))
+        return jnp.take(table, inputs, axis=0)
+
+
 def embed(
     num_embeddings: int, features: int, dtype: Any, name: str, axes: tuple[str, str]
 ) -> nn.Embed:
     """`axes`: logical names of the table's (row, feature) dimensions."""
-    return nn.Embed(
+    return GatheredEmbed(
         num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
         embedding_init=sharding.logical_init(INIT, axes), name=name,
+        gathered_axes=(axes[0], "act_embed" if axes[1] == "embed" else axes[1]),
     )
 
 

@@ -10,7 +10,14 @@
   optimizer    Adam / AdamW: two float32 moments per TRAINABLE leaf, sharded
                like it (the step counts are negligible);
   activations  what one micro batch keeps for the backward pass (see
-               `_block_activations`) on the rows this device holds.
+               `_block_activations`) on the rows this device holds;
+  gathered     under fsdp, the largest embedding table gathered whole over
+               fsdp for its lookup (models.layers.GatheredEmbed): a whole
+               copy in the forward pass and, if it trains, a whole float32
+               gradient before the reduce-scatter in the backward pass
+               (XLA reuses one buffer for both: GPT-2 6x256 with vocab
+               50257 on data=2,fsdp=4 measured +46.4 MiB of temporaries
+               for a 49.1 MiB table, bench/RESULTS.md 3).
 `format` makes the one line the stage prints before training.
 """
 from __future__ import annotations
@@ -38,10 +45,12 @@ class Estimate:
     activations: int
     micro_batch: int  # rows of one micro batch (the whole mesh's)
     seq_len: int
+    gathered: int = 0
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations
+        return (self.params + self.grads + self.optimizer + self.activations
+                + self.gathered)
 
 
 def _shard_bytes(leaf, leaf_sharding) -> int:
@@ -93,13 +102,21 @@ def estimate(params, trainable=None, *, settings, seq_len: int, model,
     if len(mask) != len(leaves):
         raise ValueError(f"trainable has {len(mask)} leaves but params "
                          f"{len(leaves)}")
-    param_bytes = trained_f32 = 0
-    for leaf, shard, trains in zip(leaves, abstract, mask):
+    param_bytes = trained_f32 = gathered = 0
+    fsdp = mesh.shape.get("fsdp", 1)
+    tables = [jax.tree_util.keystr(path).endswith("['embedding']")
+              for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for leaf, shard, trains, table in zip(leaves, abstract, mask, tables):
         s = _leaf_sharding(leaf, shard)
         param_bytes += _shard_bytes(leaf, s)
         if trains:  # gradients and moments are float32 whatever the param
             trained_f32 += _shard_bytes(leaf, s) // np.dtype(
                 leaf.dtype).itemsize * F32
+        if table and fsdp > 1:
+            whole = _gathered_bytes(leaf, s, mesh)
+            if trains:
+                whole = max(whole, whole // np.dtype(leaf.dtype).itemsize * F32)
+            gathered = max(gathered, whole)
     n_micro = settings.batch_size // settings.minibatch_size
     grads = trained_f32 * (2 if n_micro > 1 else 1)
     rows = settings.minibatch_size
@@ -110,7 +127,20 @@ def estimate(params, trainable=None, *, settings, seq_len: int, model,
         tensor=mesh.shape.get("tensor", 1), lm_head=lm_head,
         linear_probe=linear_probe)
     return Estimate(params=param_bytes, grads=grads, optimizer=2 * trained_f32,
-                    activations=activations, micro_batch=rows, seq_len=seq_len)
+                    activations=activations, micro_batch=rows, seq_len=seq_len,
+                    gathered=gathered)
+
+
+def _gathered_bytes(leaf, leaf_sharding, mesh) -> int:
+    """Bytes of `leaf` on one device once gathered whole over fsdp (still
+    split over the other axes its sharding uses)."""
+    shard = _shard_bytes(leaf, leaf_sharding)
+    spec = getattr(leaf_sharding, "spec", None)
+    if spec is None:
+        return shard
+    split = [a for entry in spec if entry is not None
+             for a in ((entry,) if isinstance(entry, str) else entry)]
+    return shard * (mesh.shape["fsdp"] if "fsdp" in split else 1)
 
 
 def _block_shape(model) -> dict:
@@ -264,4 +294,6 @@ def format(est: Estimate) -> str:  # noqa: A001 (the brief's name)
             f"grads {_size(est.grads)}, optimizer {_size(est.optimizer)}, "
             f"activations {_size(est.activations)} (micro batch "
             f"{est.micro_batch} x {est.seq_len} tokens), "
-            f"total {_size(est.total)}")
+            + (f"gathered embeddings {_size(est.gathered)}, "
+               if est.gathered else "")
+            + f"total {_size(est.total)}")

@@ -1,0 +1,78 @@
+"""Host memory kept for reuse (w2s_jax/core/host_memory.py): XLA:CPU's big
+buffers are faulted in once, not at every step; and when it applies."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from w2s_jax.core import host_memory
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Page faults of a jitted computation whose 64 MiB output is allocated and
+# freed at every call: above glibc's largest mmap threshold (32 MiB), so by
+# default each call maps fresh pages and faults all 16384 of them in.
+STEPS = """
+import json, resource, sys
+from w2s_jax.core import host_memory
+kept = host_memory.apply_default()
+import jax, jax.numpy as jnp
+double = jax.jit(lambda x: x * 2.0)
+x = jnp.ones((4096, 4096), jnp.float32)
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    y = double(x)
+    y.block_until_ready()
+    del y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
+"""
+
+
+def _faults(keep: str) -> dict:
+    env = dict(os.environ, W2S_KEEP_HOST_MEMORY=keep, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", STEPS], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_buffers_are_reused_not_faulted_in_again():
+    off, on = _faults("0"), _faults("1")
+    assert not off["kept"] and on["kept"]
+    pages = 64 * 2 ** 20 // 4096
+    # Steady state (JAX frees an output a few calls later, so the heap first
+    # grows by a few outputs): every call faults the whole output in
+    # without the setting, and nothing with it.
+    assert min(off["faults"][-5:]) > pages // 2, off
+    assert max(on["faults"][-5:]) < pages // 50, on
+
+
+def test_applies_on_cpu_only_machines_unless_told(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory",
+                        lambda: calls.append(1) or True)
+    monkeypatch.setattr(host_memory, "cpu_only_machine", lambda: True)
+    monkeypatch.delenv(host_memory.ENV, raising=False)
+    assert host_memory.apply_default() and len(calls) == 1
+    monkeypatch.setenv(host_memory.ENV, "0")
+    assert not host_memory.apply_default() and len(calls) == 1
+    # An accelerator machine: only when asked for.
+    monkeypatch.setattr(host_memory, "cpu_only_machine", lambda: False)
+    monkeypatch.delenv(host_memory.ENV)
+    assert not host_memory.apply_default() and len(calls) == 1
+    monkeypatch.setenv(host_memory.ENV, "1")
+    assert host_memory.apply_default() and len(calls) == 2
+
+
+def test_jax_platforms_other_than_cpu_mean_an_accelerator(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    assert not host_memory.cpu_only_machine()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not host_memory.cpu_only_machine()

@@ -1,0 +1,80 @@
+"""Host memory that XLA:CPU's train steps reuse instead of faulting in anew
+(issue 12, bench/RESULTS.md 6c).
+
+glibc's malloc serves XLA:CPU's multi-GB step buffers by mmap (or from a
+thread's arena) and gives them back to the kernel when the step frees
+them, so every step touches its ~1.3 GB afresh: about 324k minor page
+faults per gpt2-small step (batch 8 x 128), 0.6-1.4 s of system time, more
+when PyTorch shares the process. With one arena, no mmap for large blocks
+and no trimming of the heap, freed blocks are reused and a step takes no
+page faults. The cost: the process keeps its peak host memory, as JAX's
+and PyTorch's device allocators do. Numerics cannot change.
+
+`apply_default()` does it where it pays: on a machine without an
+accelerator (no NVIDIA or TPU device files, and JAX_PLATFORMS empty or
+"cpu"), where the step's buffers are host memory. On an accelerator host
+they live on the device, and keeping every freed host block (checkpoint
+copies of a large model) would only cost memory. W2S_KEEP_HOST_MEMORY=1
+or 0 decides instead. It must run before JAX starts its CPU client:
+threads that already picked a malloc arena keep it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import platform
+
+ENV = "W2S_KEEP_HOST_MEMORY"
+
+# glibc <malloc.h> mallopt parameters.
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+
+_applied: list[bool] = []  # the outcome, once tried
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed memory (module docstring);
+    True if it took effect (glibc Linux only; elsewhere nothing happens)."""
+    if _applied:
+        return _applied[0]
+    ok = False
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            # mallopt returns 1 on success, 0 on error.
+            ok = all(libc.mallopt(param, value) == 1 for param, value in (
+                (M_ARENA_MAX, 1),  # blocks from any thread: the main heap
+                (M_MMAP_MAX, 0),  # never mmap a block (munmap'd on free)
+                # -1 (SIZE_MAX): never give the heap's top back. A positive
+                # int caps at 2 GiB, under a gpt2-small step's 2.6 GiB.
+                (M_TRIM_THRESHOLD, -1),
+            ))
+        except (OSError, AttributeError):
+            ok = False
+    _applied.append(ok)
+    return ok
+
+
+def cpu_only_machine() -> bool:
+    """No accelerator JAX would use: JAX_PLATFORMS empty or "cpu", and no
+    NVIDIA or TPU device files."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms and platforms != "cpu":
+        return False
+    return not (glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel*")
+                or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def apply_default() -> bool:
+    """keep_freed_memory() on a CPU-only machine, or as $W2S_KEEP_HOST_MEMORY
+    (1 or 0) says; True if it took effect."""
+    wanted = os.environ.get(ENV)
+    if wanted not in (None, "", "0", "1"):
+        wanted = None  # not a choice: the default
+    if wanted == "0" or (wanted != "1" and not cpu_only_machine()):
+        return False
+    return keep_freed_memory()
