@@ -106,7 +106,7 @@ def parse_args():
                    help="matmul size for the peak; 0 = 8192 gpu, 2048 cpu "
                         "(512 for bf16 on cpu)")
     p.add_argument("--keep-host-memory", default="on", choices=("on", "off"),
-                   help="w2s_jax.core.host_memory.keep_freed_memory() first "
+                   help="w2s_jax.core.host_memory.keep_freed_memory() first, on cpu "
                         "(glibc malloc keeps freed memory: no page faults "
                         "per step); off = glibc's defaults, as before issue 12")
     return p.parse_args()
@@ -393,7 +393,7 @@ def main():
     # Before JAX's CPU client (or torch) starts any thread: malloc arenas
     # are picked per thread at its first allocation.
     kept = False
-    if args.keep_host_memory == "on":
+    if args.keep_host_memory == "on" and args.device == "cpu":
         from w2s_jax.core import host_memory
         kept = host_memory.keep_freed_memory()
     # Cores this process may run on: `taskset -c 0 python ...` gives both

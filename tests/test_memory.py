@@ -100,6 +100,11 @@ def test_fsdp4_divides_as_the_shardings_say():
     # gathered whole for the lookup, and its float32 gradient is whole
     # before the reduce-scatter (one buffer serves both).
     assert est.gathered == 4 * POS * D
+    # Frozen (LoRA) with bfloat16 compute: only the cast copy is gathered.
+    frozen = memory.estimate(params, lambda path: False, settings=_settings(),
+                             seq_len=128, model=model, mesh=mesh,
+                             compute_dtype="bfloat16")
+    assert frozen.gathered == 2 * POS * D
     assert est.total == (est.params + est.grads + est.optimizer
                          + est.activations + est.gathered)
     assert "gathered embeddings 0.1 MB" in memory.format(est), memory.format(est)
@@ -111,6 +116,10 @@ def test_fsdp4_divides_as_the_shardings_say():
                             model=model, mesh=mesh,
                             shardings=sharding.shardings_of(params))
     assert again == est
+    # Tables fsdp does not split (here: no shardings given, so replicated)
+    # are not gathered.
+    assert memory.estimate(abstract, None, settings=_settings(), seq_len=128,
+                           model=model, mesh=mesh).gathered == 0
     # Activations: the micro batch's 8 rows are split over data x fsdp.
     one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     assert est.activations == memory.activation_bytes(

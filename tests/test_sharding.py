@@ -1,5 +1,6 @@
 """Scale-out: mesh axes, logical-axis rules, sharded init and training,
 mixed precision and rematerialisation, on the 8 virtual CPU devices."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from w2s_jax.core import sharding
 from w2s_jax.train import losses, steps
-from w2s_jax.models import bert, gpt2, llama, mpnet, registry, tokenizers
+from w2s_jax.models import bert, gpt2, layers, llama, mpnet, registry, tokenizers
 
 MESHES = {"data8": {"data": 8}, "data2-fsdp4": {"data": 2, "fsdp": 4},
           "data2-fsdp2-tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
@@ -143,6 +144,24 @@ def test_undivisible_dimension_is_replicated(capsys):
     assert shardings["h_0"]["mlp"]["c_fc"]["kernel"].spec == P("fsdp", "tensor")
     assert abstract["wte"]["embedding"].shape == (257, 64)
     assert "wte/embedding dim 0 (vocab=257" in capsys.readouterr().out
+
+
+def test_activation_constraint_keeps_undivisible_dimensions_whole():
+    """sharding.constrain falls back as param_shardings does: 257 rows on
+    tensor=2 stay whole rather than being split unevenly."""
+    mesh = sharding.make_mesh(MESHES["data2-fsdp2-tensor2"])
+
+    def pinned(x):
+        with sharding.activation_rules(mesh):
+            return sharding.constrain(x, ("vocab", "act_embed"))
+
+    def constraint(rows):  # the constraint as lowered (Shardy's dialect)
+        text = jax.jit(pinned).lower(jnp.ones((rows, 64))).as_text()
+        (line,) = [l for l in text.splitlines() if "sharding_constraint" in l]
+        return line.split("<@mesh, ")[1].split(">")[0]
+
+    assert constraint(257) == "[{}, {}]"
+    assert constraint(256) == '[{"tensor"}, {}]'
 
 
 # Small HF-style configs of the families the tests above do not train.
@@ -293,22 +312,34 @@ def test_remat_gives_the_same_loss_and_gradients():
         assert _max_diff(grads_r, grads) < 1e-6, policy
 
 
-@pytest.mark.parametrize("family", ["gpt2", *FAMILY_CONFIGS])
-def test_fsdp_step_needs_no_involuntary_rematerialization(family, capfd):
-    """Embedding tables are gathered over fsdp before the lookup
-    (layers.GatheredEmbed), so XLA's partitioner never has to move looked-up
-    rows, or their cotangents, between a feature split and a batch split by
-    replicating them (it warns "Involuntary full rematerialization")."""
+def _compile_fsdp_step(family, choice=False):
+    """Compiles (not from a persistent cache, which logs nothing) the train
+    step of a tiny `family` model on data=2, fsdp=2, tensor=2; `choice`: a
+    ChoiceScorer over 2 candidates scored by the tied LM head."""
     if family == "gpt2":
         model = registry.resolve("tiny-gpt2-random")
+    elif family == "gpt2-vocab257":  # rows tensor=2 cannot split: kept whole
+        model = registry.ResolvedModel(
+            name=family, family="gpt2", backbone_config=gpt2.GPT2Config(
+                vocab_size=257, n_positions=32, n_embd=64, n_layer=1,
+                n_head=4),
+            tokenizer=tokenizers.ByteTokenizer(), default_lr=1e-3,
+            default_minibatch_size=None, checkpoint_dir=None, source={})
     else:
         model = registry.ResolvedModel(
             name=family, family=registry.MODEL_TYPES[family],
             backbone_config=FAMILY_CONFIGS[family](),
             tokenizer=tokenizers.ByteTokenizer(), default_lr=1e-3,
             default_minibatch_size=None, checkpoint_dir=None, source={})
-    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
-                                    head_init="normal", pooling="mean")
+    if choice:
+        module = steps.build_choice_scorer(
+            model, candidates=2, linear_probe=False, head_init="normal",
+            pooling="last")
+        assert module.embedding_path  # scored by the LM head
+    else:
+        module = steps.build_classifier(model, num_classes=2,
+                                        linear_probe=False, head_init="normal",
+                                        pooling="mean")
     mesh = sharding.make_mesh(MESHES["data2-fsdp2-tensor2"])
     params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
@@ -316,9 +347,11 @@ def test_fsdp_step_needs_no_involuntary_rematerialization(family, capfd):
     step = steps.make_train_step(
         steps.module_forward(module), tx, losses.get_loss("xent"), {}, N_STEPS,
         mesh, param_shardings=sharding.shardings_of(params))
-    batch = {k: v for k, v in _batches()[0].items()}
-    batch["inputs"] = tuple(np.minimum(x, 63) for x in batch["inputs"])
-    # Compiled here, not read from a persistent cache (which logs nothing).
+    batch = dict(_batches()[0])
+    ids, mask = (np.minimum(x, 63) for x in batch["inputs"])
+    if choice:  # [micro, rows, K, L]: two candidates per example
+        ids, mask = (np.stack([x, x], axis=2) for x in (ids, mask))
+    batch["inputs"] = (ids, mask)
     cached = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
@@ -326,4 +359,28 @@ def test_fsdp_step_needs_no_involuntary_rematerialization(family, capfd):
                    sharding.to_global(mesh, batch, 1)).compile()
     finally:
         jax.config.update("jax_enable_compilation_cache", cached)
-    assert "Involuntary full rematerialization" not in capfd.readouterr().err
+
+
+INVOLUNTARY = "Involuntary full rematerialization"
+
+
+@pytest.mark.parametrize("family, choice", [
+    ("gpt2", False), ("gpt2-vocab257", False),
+    *((f, False) for f in FAMILY_CONFIGS), ("gpt2", True)])
+def test_fsdp_step_needs_no_involuntary_rematerialization(family, choice,
+                                                          capfd):
+    """Embedding tables are gathered over fsdp before the lookup
+    (layers.GatheredEmbed), so XLA's partitioner never has to move
+    looked-up rows, or their cotangents, between a feature split and a
+    batch split by replicating them; a tied LM head's `hidden @ table.T`
+    (the choice case) partitions without it."""
+    _compile_fsdp_step(family, choice)
+    assert INVOLUNTARY not in capfd.readouterr().err
+
+
+def test_plain_embedding_lookup_does_rematerialize(capfd, monkeypatch):
+    """The control: the lookup from the fsdp-split table, as nn.Embed does
+    it, makes XLA warn (so the test above can see the warning)."""
+    monkeypatch.setattr(layers.GatheredEmbed, "__call__", nn.Embed.__call__)
+    _compile_fsdp_step("gpt2")
+    assert INVOLUNTARY in capfd.readouterr().err

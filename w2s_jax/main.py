@@ -27,10 +27,12 @@ or with W2S_COORDINATOR=host:port W2S_NUM_PROCESSES=n W2S_PROCESS_ID=i
 """
 from w2s_jax.core import host_memory
 
-# First of all, before JAX starts its CPU threads: on a CPU-only machine
-# the train step's freed buffers are reused, not faulted in again every
-# step (w2s_jax/core/host_memory.py).
-host_memory.apply_default()
+if __name__ == "__main__":
+    # First of all, before JAX starts its CPU threads: where JAX computes on
+    # the CPU, the train step's freed buffers are reused, not faulted in
+    # again every step (w2s_jax/core/host_memory.py). Not on import: that
+    # would change malloc for whoever imports this module.
+    host_memory.apply_default()
 
 import logging  # noqa: E402
 import sys  # noqa: E402

@@ -10,21 +10,22 @@ and no trimming of the heap, freed blocks are reused and a step takes no
 page faults. The cost: the process keeps its peak host memory, as JAX's
 and PyTorch's device allocators do. Numerics cannot change.
 
-`apply_default()` does it where it pays: on a machine without an
-accelerator (no NVIDIA or TPU device files, and JAX_PLATFORMS empty or
-"cpu"), where the step's buffers are host memory. On an accelerator host
+`apply_default()` does it where it pays: where JAX computes on the CPU
+(`cpu_only_machine`), and the step's buffers are host memory. On an accelerator host
 they live on the device, and keeping every freed host block (checkpoint
 copies of a large model) would only cost memory. W2S_KEEP_HOST_MEMORY=1
 or 0 decides instead. It must run before JAX starts its CPU client:
-threads that already picked a malloc arena keep it.
+threads that already picked a malloc arena keep it, so `python -m
+w2s_jax.main` calls it first (a notebook kernel's threads are already
+there, so the notebook does not). One arena puts every thread's large
+allocations behind one lock (small ones still come from per-thread
+caches); measured on one core (bench/RESULTS.md 6c).
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import glob
 import os
-import platform
 
 ENV = "W2S_KEEP_HOST_MEMORY"
 
@@ -42,9 +43,9 @@ def keep_freed_memory() -> bool:
     if _applied:
         return _applied[0]
     ok = False
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+    if _glibc():
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = ctypes.CDLL(None)  # this process's own C library
             # mallopt returns 1 on success, 0 on error.
             ok = all(libc.mallopt(param, value) == 1 for param, value in (
                 (M_ARENA_MAX, 1),  # blocks from any thread: the main heap
@@ -59,14 +60,22 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-def cpu_only_machine() -> bool:
-    """No accelerator JAX would use: JAX_PLATFORMS empty or "cpu", and no
-    NVIDIA or TPU device files."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-    if platforms and platforms != "cpu":
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError, AttributeError):  # not glibc, or no confstr
         return False
-    return not (glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel*")
-                or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def cpu_only_machine() -> bool:
+    """JAX computes on the CPU: JAX_PLATFORMS is "cpu", or it is empty and
+    the machine has no NVIDIA, AMD (ROCm) or TPU device files (TPU VMs
+    expose their chips as /dev/accel* or /dev/vfio/*)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms == "cpu"
+    return not any(glob.glob(pattern) for pattern in (
+        "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel*", "/dev/vfio/[0-9]*"))
 
 
 def apply_default() -> bool:

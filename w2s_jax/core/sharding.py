@@ -205,16 +205,11 @@ def param_shardings(init_fn, *args, mesh: jax.sharding.Mesh, rules=RULES):
         if len(leaf.names) != len(shape):
             raise ValueError(f"parameter {name} of shape {shape} has logical "
                              f"axes {leaf.names}: one per dimension needed")
-        spec = []
-        for dim, (size, logical, axes) in enumerate(
-                zip(shape, leaf.names, mesh_axes(leaf.names, rules,
-                                                 f"parameter {name}"))):
-            ways = math.prod(mesh.shape[axis] for axis in _as_tuple(axes))
-            if size % ways:
-                replicated_dims.append(f"{name} dim {dim} ({logical}={size} "
-                                       f"over {axes}={ways})")
-                axes = None
-            spec.append(axes)
+        spec, undivided = divisible_spec(shape, leaf.names, rules, mesh,
+                                         f"parameter {name}")
+        replicated_dims.extend(f"{name} dim {dim} ({logical}={size} over "
+                               f"{axes}={ways})"
+                               for dim, logical, size, axes, ways in undivided)
         return NamedSharding(mesh, P(*spec))
 
     shardings = jax.tree_util.tree_map_with_path(shard, tagged,
@@ -266,14 +261,32 @@ def activation_rules(mesh: jax.sharding.Mesh, rules=RULES):
 
 
 def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
-    """nn.with_logical_constraint by logical names under `activation_rules`;
-    a no-op anywhere else (a plain `apply`, the parity tests)."""
+    """Pins `x` to the mesh by logical names under `activation_rules`; a
+    no-op anywhere else (a plain `apply`, the parity tests). A dimension
+    its mesh axes do not divide stays whole, as in `param_shardings`."""
     active = getattr(_active, "value", None)
     if active is None:
         return x
     mesh, rules = active
-    mesh_axes(names, rules, f"activation {tuple(names)}")
-    return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
+    spec, _ = divisible_spec(x.shape, names, rules, mesh,
+                             f"activation {tuple(names)}")
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
+
+
+def divisible_spec(shape, names, rules, mesh, what: str
+                   ) -> tuple[list, list[tuple[int, str, int, object, int]]]:
+    """The mesh axes of each dimension by `rules` (mesh_axes), None where
+    they do not divide the dimension's size; and those dimensions, as
+    (dim, logical name, size, axes, ways)."""
+    spec, undivided = [], []
+    for dim, (size, logical, axes) in enumerate(
+            zip(shape, names, mesh_axes(names, rules, what))):
+        ways = math.prod(mesh.shape[axis] for axis in _as_tuple(axes))
+        if size % ways:
+            undivided.append((dim, logical, size, axes, ways))
+            axes = None
+        spec.append(axes)
+    return spec, undivided
 
 
 def remat_block(block, policy: str):

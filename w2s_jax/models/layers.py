@@ -109,14 +109,17 @@ class GatheredEmbed(nn.Embed):
     """
 
     # Logical names of the gathered table's dimensions: its rows as they
-    # are, its features whole over fsdp ("act_embed" where they are "embed").
+    # are (whole where the mesh does not divide them, as the parameter's),
+    # its features whole over fsdp ("act_embed" where they are "embed").
     gathered_axes: tuple[str, str] = ("vocab", "act_embed")
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError("embedding lookups take integer ids")
-        table = sharding.constrain(self.embedding, self.gathered_axes)
-        (table,) = self.promote_dtype(table, dtype=self.dtype, inexact=False)
+        # Cast first: with bfloat16 compute, half the bytes are gathered.
+        (table,) = self.promote_dtype(self.embedding, dtype=self.dtype,
+                                      inexact=False)
+        table = sharding.constrain(table, self.gathered_axes)
         if self.num_embeddings == 1:
             return jnp.broadcast_to(table, inputs.shape + (self.features,))
         return jnp.take(table, inputs, axis=0)

@@ -11,13 +11,15 @@
                like it (the step counts are negligible);
   activations  what one micro batch keeps for the backward pass (see
                `_block_activations`) on the rows this device holds;
-  gathered     under fsdp, the largest embedding table gathered whole over
-               fsdp for its lookup (models.layers.GatheredEmbed): a whole
-               copy in the forward pass and, if it trains, a whole float32
-               gradient before the reduce-scatter in the backward pass
-               (XLA reuses one buffer for both: GPT-2 6x256 with vocab
-               50257 on data=2,fsdp=4 measured +46.4 MiB of temporaries
-               for a 49.1 MiB table, bench/RESULTS.md 3).
+  gathered     under fsdp, the largest embedding table that fsdp splits,
+               gathered whole over fsdp for its lookup (models.layers.
+               GatheredEmbed): a whole copy in the compute dtype in the
+               forward pass and, if it trains, a whole float32 gradient
+               before the reduce-scatter in the backward pass (one buffer
+               serves both: GPT-2 6x256 with vocab 50257 on data=2,fsdp=4
+               measured +46.4 MiB of temporaries for a 49.1 MiB table,
+               bench/RESULTS.md 3). Counted once: tables whose gradients
+               XLA keeps whole at the same time would add more.
 `format` makes the one line the stage prints before training.
 """
 from __future__ import annotations
@@ -113,10 +115,10 @@ def estimate(params, trainable=None, *, settings, seq_len: int, model,
             trained_f32 += _shard_bytes(leaf, s) // np.dtype(
                 leaf.dtype).itemsize * F32
         if table and fsdp > 1:
-            whole = _gathered_bytes(leaf, s, mesh)
-            if trains:
-                whole = max(whole, whole // np.dtype(leaf.dtype).itemsize * F32)
-            gathered = max(gathered, whole)
+            # Cast to the compute dtype, then gathered; its gradient float32.
+            per_element = max(DTYPE_BYTES[compute_dtype], F32 if trains else 0)
+            gathered = max(gathered,
+                           _gathered_elements(leaf, s, mesh) * per_element)
     n_micro = settings.batch_size // settings.minibatch_size
     grads = trained_f32 * (2 if n_micro > 1 else 1)
     rows = settings.minibatch_size
@@ -131,16 +133,17 @@ def estimate(params, trainable=None, *, settings, seq_len: int, model,
                     gathered=gathered)
 
 
-def _gathered_bytes(leaf, leaf_sharding, mesh) -> int:
-    """Bytes of `leaf` on one device once gathered whole over fsdp (still
-    split over the other axes its sharding uses)."""
-    shard = _shard_bytes(leaf, leaf_sharding)
-    spec = getattr(leaf_sharding, "spec", None)
-    if spec is None:
-        return shard
+def _gathered_elements(leaf, leaf_sharding, mesh) -> int:
+    """Elements of `leaf` on one device once gathered whole over fsdp
+    (still split over its other mesh axes); 0 if fsdp does not split it,
+    so that nothing is gathered."""
+    spec = getattr(leaf_sharding, "spec", None) or ()
     split = [a for entry in spec if entry is not None
              for a in ((entry,) if isinstance(entry, str) else entry)]
-    return shard * (mesh.shape["fsdp"] if "fsdp" in split else 1)
+    if "fsdp" not in split:
+        return 0
+    shard = _shard_bytes(leaf, leaf_sharding) // np.dtype(leaf.dtype).itemsize
+    return shard * mesh.shape["fsdp"]
 
 
 def _block_shape(model) -> dict:
