@@ -8,7 +8,9 @@ faults per gpt2-small step (batch 8 x 128), 0.6-1.4 s of system time, more
 when PyTorch shares the process. With one arena, no mmap for large blocks
 and no trimming of the heap, freed blocks are reused and a step takes no
 page faults. The cost: the process keeps its peak host memory, as JAX's
-and PyTorch's device allocators do. Numerics cannot change.
+and PyTorch's device allocators do, and a run with many buffer sizes (length
+buckets, eval batches) holds more: 3.2 GB instead of 2.4 GB at the peak of
+a 4096-example MiniLM run (bench/RESULTS.md 4c). Numerics cannot change.
 
 `apply_default()` does it where it pays: where JAX computes on the CPU
 (`cpu_only_machine`), and the step's buffers are host memory. On an accelerator host
