@@ -365,8 +365,9 @@ INVOLUNTARY = "Involuntary full rematerialization"
 
 
 @pytest.mark.parametrize("family, choice", [
-    ("gpt2", False), ("gpt2-vocab257", False),
-    *((f, False) for f in FAMILY_CONFIGS), ("gpt2", True)])
+    ("gpt2", False), ("gpt2-vocab257", False), ("gpt2", True),
+    # The other families' compiles are in the full run (README: -m slow).
+    *(pytest.param(f, False, marks=pytest.mark.slow) for f in FAMILY_CONFIGS)])
 def test_fsdp_step_needs_no_involuntary_rematerialization(family, choice,
                                                           capfd):
     """Embedding tables are gathered over fsdp before the lookup

@@ -36,7 +36,7 @@ import time
 import uuid
 
 from w2s_jax.core import stages
-from w2s_jax.core.object_store import TRANSIENT_ERRORS, ObjectStore
+from w2s_jax.core.object_store import ObjectStore, transient_errors
 from w2s_jax.core.progress import log
 
 STAGE_FILES = ("arrays.npz", "record.json")
@@ -51,7 +51,7 @@ class BucketClaims:
     """Claims as objects (module docstring), with stages.LocalClaims'
     methods; in-progress directories stay in the local `stages_dir`."""
 
-    TRANSIENT = TRANSIENT_ERRORS  # `acquire` looks again after these
+    TRANSIENT = transient_errors()  # `acquire` looks again after these
     MIN_POLL_S = BUCKET_POLL_S
 
     def __init__(self, store: ObjectStore, stages_dir: str):

@@ -25,10 +25,11 @@ from w2s_jax.core.errors import UsageError, WorkdirError
 PROTOCOLS = ("gs",)
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+def transient_errors() -> tuple[type[BaseException], ...]:
     """What a bucket's client raises for a request that may succeed when
     repeated (after its own retries): network, HTTP and credential-refresh
-    failures. Empty without gcsfs (no bucket can be used then)."""
+    failures. Empty without gcsfs (no bucket can be used then). A function,
+    so that gcsfs (0.7 s to import) loads only where a bucket is used."""
     try:
         import aiohttp
         import google.auth.exceptions
@@ -37,9 +38,6 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
         return ()
     return (OSError, HttpError, aiohttp.ClientError,
             google.auth.exceptions.TransportError)
-
-
-TRANSIENT_ERRORS = _transient_errors()
 
 
 class ObjectStore:
