@@ -52,6 +52,12 @@ SHAPES = {
 }
 QUICK = dict(n_train=128, n_test=64)
 BATCH, EVAL_BATCH, SEED = 32, 64, 0
+# w2s_jax's minibatch: each step accumulates BATCH / MINIBATCH minibatches'
+# gradients. The loss is still the whole batch's (the confidence loss's
+# statistics come from a no-grad pass over the whole batch), so only the
+# memory changes: one minibatch's activations at a time, where the release
+# keeps the whole batch's graph.
+MINIBATCH = 8
 LOSSES = ("xent", "logconf")
 
 
@@ -67,7 +73,8 @@ def make_config(shape: dict):
     config.losses = ",".join(LOSSES)
     config.seed = SEED
     config.train.epochs = shape["epochs"]
-    config.train.batch_size = config.train.minibatch_size = BATCH
+    config.train.batch_size = BATCH
+    config.train.minibatch_size = shape["minibatch"]
     config.train.eval_batch_size = EVAL_BATCH
     config.train.log_every = 1000
     config.logs.tensorboard = False  # no event files; the release writes none
@@ -273,6 +280,9 @@ def main() -> None:
                              "(e.g. 4096, where training outweighs compiling)")
     parser.add_argument("--epochs", type=int, default=0,
                         help="epochs instead of the shape's")
+    parser.add_argument("--minibatch", type=int, default=MINIBATCH,
+                        help=f"w2s_jax's minibatch (a divisor of {BATCH}); "
+                             f"{BATCH}: no accumulation")
     parser.add_argument("--side-a", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side_a:
@@ -292,6 +302,7 @@ def main() -> None:
             shape["n_train"] = args.n_train
         if args.epochs:
             shape["epochs"] = args.epochs
+        shape["minibatch"] = args.minibatch
         with tempfile.TemporaryDirectory() as tmp:
             data, out_a, out_b = (os.path.join(tmp, f) for f in
                                   ("data.json", "a.json", "b.json"))

@@ -82,3 +82,38 @@ def test_jax_platforms_decides_where_set(monkeypatch):
     assert not host_memory.cpu_only_machine()
     monkeypatch.setattr(host_memory.glob, "glob", lambda p: [])
     assert host_memory.cpu_only_machine()
+
+
+# A heap that keeps freed memory (the setting) holds a freed 256 MiB block
+# until give_back_free_memory returns its pages.
+GIVE_BACK = """
+import ctypes, json
+from w2s_jax.core import host_memory
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+assert host_memory.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 256 * 2 ** 20
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+libc.malloc(64)  # so the block is not the heap's top, which trims differently
+held = rss()
+libc.free(block)
+freed = rss()
+host_memory.give_back_free_memory()
+print(json.dumps({"held": held, "freed": freed, "given_back": rss()}))
+"""
+
+
+@pytest.mark.skipif(not host_memory._glibc(), reason="glibc only")
+def test_free_memory_is_given_back_on_request():
+    proc = subprocess.run([sys.executable, "-c", GIVE_BACK], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rss = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rss["freed"] > rss["held"] - 16, rss  # free alone keeps the pages
+    assert rss["given_back"] < rss["held"] - 200, rss

@@ -1,6 +1,10 @@
 """Scale-out: mesh axes, logical-axis rules, sharded init and training,
 mixed precision and rematerialisation, on the 8 virtual CPU devices."""
-import flax.linen as nn
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from w2s_jax.core import sharding
 from w2s_jax.train import losses, steps
-from w2s_jax.models import bert, gpt2, layers, llama, mpnet, registry, tokenizers
+from w2s_jax.models import bert, gpt2, llama, mpnet, registry, tokenizers
 
 MESHES = {"data8": {"data": 8}, "data2-fsdp4": {"data": 2, "fsdp": 4},
           "data2-fsdp2-tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
@@ -313,9 +317,10 @@ def test_remat_gives_the_same_loss_and_gradients():
 
 
 def _compile_fsdp_step(family, choice=False):
-    """Compiles (not from a persistent cache, which logs nothing) the train
-    step of a tiny `family` model on data=2, fsdp=2, tensor=2; `choice`: a
-    ChoiceScorer over 2 candidates scored by the tied LM head."""
+    """Compiles the train step of a tiny `family` model on data=2, fsdp=2,
+    tensor=2; `choice`: a ChoiceScorer over 2 candidates scored by the tied
+    LM head. Run by _compile_in_fresh_process, where no persistent cache
+    can serve it instead (a cache hit logs nothing)."""
     if family == "gpt2":
         model = registry.resolve("tiny-gpt2-random")
     elif family == "gpt2-vocab257":  # rows tensor=2 cannot split: kept whole
@@ -352,16 +357,87 @@ def _compile_fsdp_step(family, choice=False):
     if choice:  # [micro, rows, K, L]: two candidates per example
         ids, mask = (np.stack([x, x], axis=2) for x in (ids, mask))
     batch["inputs"] = (ids, mask)
-    cached = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        step.lower(steps.init_state(tx, params, mesh),
-                   sharding.to_global(mesh, batch, 1)).compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cached)
+    step.lower(steps.init_state(tx, params, mesh),
+               sharding.to_global(mesh, batch, 1)).compile()
 
 
 INVOLUNTARY = "Involuntary full rematerialization"
+# A case: (family, choice, plain); `plain`: the lookup as nn.Embed does it.
+CONTROL = ("gpt2", False, True)
+_CASE_MARK = "@@ compile case "
+# `python -c _CHILD TESTS_DIR CASES_JSON`: compiles each case in a fresh
+# process, a marked line on stderr before each one.
+_CHILD = f"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import conftest  # 8 CPU devices, set before jax starts
+import flax.linen as nn
+import test_sharding
+from w2s_jax.models import layers
+gathered = layers.GatheredEmbed.__call__
+for family, choice, plain in json.loads(sys.argv[2]):
+    layers.GatheredEmbed.__call__ = nn.Embed.__call__ if plain else gathered
+    print({_CASE_MARK!r} + json.dumps([family, choice, plain]),
+          file=sys.stderr, flush=True)
+    test_sharding._compile_fsdp_step(family, choice)
+print({_CASE_MARK!r} + "end", file=sys.stderr, flush=True)
+"""
+_COMPILE_ERR: dict = {}  # case -> what compiling it wrote to stderr
+
+
+def _compile_in_fresh_process(cases):
+    # Not in this process: once any test here has run `run.run` (which
+    # points JAX at w2s's persistent compilation cache), turning
+    # jax_enable_compilation_cache off no longer stops the cache (JAX
+    # decides whether it is used at a process's first compile, and keeps
+    # it), so a program compiled by an earlier pytest run is loaded, not
+    # compiled, and XLA warns of nothing. There, it is off from the start;
+    # XLA's warnings are shown. LLVM's optimisations, which come after the
+    # partitioner, are skipped (a third of the compile time).
+    flags = ("--xla_backend_optimization_level=0 "
+             "--xla_llvm_disable_expensive_passes=true")
+    env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false",
+               TF_CPP_MIN_LOG_LEVEL="1",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_LOGGING_LEVEL"):
+        env.pop(name, None)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, tests_dir, json.dumps(cases)],
+        cwd=os.path.dirname(tests_dir), env=env, capture_output=True,
+        text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    parts = [p.partition("\n") for p in proc.stderr.split(_CASE_MARK)[1:]]
+    assert parts and parts[-1][0] == "end", proc.stderr[-5000:]
+    return {tuple(json.loads(head)): text for head, _, text in parts[:-1]}
+
+
+def _case(item):
+    function = getattr(item, "function", None)
+    if function is test_plain_embedding_lookup_does_rematerialize:
+        return CONTROL
+    if function is test_fsdp_step_needs_no_involuntary_rematerialization:
+        params = item.callspec.params
+        return params["family"], params["choice"], False
+    return None
+
+
+def _compile_stderr(request, case):
+    """What compiling `case`, and the control after it, wrote to stderr in a
+    fresh Python process. The first call compiles every case the session
+    selected, in one process, and the control last of them."""
+    if case not in _COMPILE_ERR:
+        todo = [c for c in dict.fromkeys(map(_case, request.session.items))
+                if c and c != CONTROL and c not in _COMPILE_ERR]
+        if case != CONTROL and case not in todo:
+            todo.append(case)
+        _COMPILE_ERR.update(_compile_in_fresh_process(todo + [CONTROL]))
+    return _COMPILE_ERR[case], _COMPILE_ERR[CONTROL]
+
+
+def _warnings(err):
+    return "\n".join(line[:400] for line in err.splitlines()
+                     if INVOLUNTARY in line)
 
 
 @pytest.mark.parametrize("family, choice", [
@@ -369,23 +445,22 @@ INVOLUNTARY = "Involuntary full rematerialization"
     # The other families' compiles are in the full run (README: -m slow).
     *(pytest.param(f, False, marks=pytest.mark.slow) for f in FAMILY_CONFIGS)])
 def test_fsdp_step_needs_no_involuntary_rematerialization(family, choice,
-                                                          capfd):
+                                                          request):
     """Embedding tables are gathered over fsdp before the lookup
     (layers.GatheredEmbed), so XLA's partitioner never has to move
     looked-up rows, or their cotangents, between a feature split and a
     batch split by replicating them; a tied LM head's `hidden @ table.T`
     (the choice case) partitions without it."""
-    _compile_fsdp_step(family, choice)
-    assert INVOLUNTARY not in capfd.readouterr().err
+    err, control_err = _compile_stderr(request, (family, choice, False))
+    assert INVOLUNTARY in control_err, (
+        "the control, compiled after this case in the same process, did not "
+        "warn (XLA's log did not reach stderr, or no compile ran), so this "
+        "check could not fail either:\n" + control_err[-3000:])
+    assert INVOLUNTARY not in err, _warnings(err)
 
 
-# In the whole suite an earlier in-process run can quiet XLA's C++ log (its
-# warning then never reaches stderr): run with this file, e.g.
-# `python -m pytest tests/test_sharding.py`, where it passes.
-@pytest.mark.slow
-def test_plain_embedding_lookup_does_rematerialize(capfd, monkeypatch):
+def test_plain_embedding_lookup_does_rematerialize(request):
     """The control: the lookup from the fsdp-split table, as nn.Embed does
     it, makes XLA warn (so the test above can see the warning)."""
-    monkeypatch.setattr(layers.GatheredEmbed, "__call__", nn.Embed.__call__)
-    _compile_fsdp_step("gpt2")
-    assert INVOLUNTARY in capfd.readouterr().err
+    err, _ = _compile_stderr(request, CONTROL)
+    assert INVOLUNTARY in err, err[-3000:]

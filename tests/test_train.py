@@ -130,3 +130,56 @@ def test_tiny_model_learns_a_separable_task():
     assert np.mean(probs.argmax(-1) == np.array(labels)) > 0.95
     assert record["steps"] == 4 * (256 // 16)
     assert record["loss_curve"][-1] < 0.3 < record["loss_curve"][0]
+
+
+
+def _expected_give_backs(shapes):
+    """A pass's events: each batch's shape, a give-back after each shape
+    new in the pass, and one at its end."""
+    events, seen = [], set()
+    for shape in shapes:
+        events.append(shape)
+        if shape not in seen:
+            seen.add(shape)
+            events.append("give back")
+    return events + ["give back"]
+
+
+def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
+    """The loops give free host memory back after each input shape's first
+    call (its compile) and at the end of the pass, not at every step."""
+    from w2s_jax.core import host_memory
+    events = []
+    monkeypatch.setattr(host_memory, "give_back_free_memory",
+                        lambda: events.append("give back"))
+    model = registry.resolve("tiny-gpt2-random")
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(0, 256, n).astype(np.int32)
+           for n in rng.integers(3, 60, 64)]
+    lengths = np.array([len(x) for x in ids])
+    pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
+
+    def make_inputs(indices, rows):  # records each batch's padded shape
+        inputs = pad(indices, rows)
+        events.append(inputs[0].shape)
+        return inputs
+    mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
+                                    head_init="zeros")
+    params = steps.init_params(module, model, head_init="zeros", seed=0,
+                               mesh=mesh)
+    forward = steps.module_forward(module)
+    params, _ = loop.finetune(
+        name="t", forward=forward, params=params, make_inputs=make_inputs,
+        lengths=lengths, train_targets=np.full((64, 2), 0.5, np.float32),
+        settings=_settings(epochs=2), loss=losses.get_loss("xent"),
+        loss_params={}, mesh=mesh, seed=0)
+    train_events = list(events)
+    events.clear()
+    loop.predict(steps.make_predict_step(forward, mesh), params,
+                 make_inputs=make_inputs, lengths=lengths, batch_size=16,
+                 mesh=mesh, num_classes=2)
+    for got in (train_events, events):
+        shapes = [e for e in got if e != "give back"]
+        assert len(set(shapes)) > 1  # several buckets, so the test can tell
+        assert got == _expected_give_backs(shapes)

@@ -6,7 +6,20 @@ experiment and the tests run with no network and no downloaded vocabulary.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Protocol, Sequence
+
+# tokenizer_config.json classes that transformers builds, from the
+# checkpoint's tokenizer.json, exactly as its generic PreTrainedTokenizerFast
+# does (tests/test_tokenizers.py compares the two on every offline
+# checkpoint). The generic class loads without AutoTokenizer's model-config
+# machinery, which imports PyTorch wherever it is installed: +190 MB of host
+# memory and +2 s in every process. Other classes (GPT-2's, Qwen2's, ...)
+# build their own pipeline in transformers 5 and go through AutoTokenizer.
+GENERIC_CLASSES = frozenset({
+    "BertTokenizer", "BertTokenizerFast", "MPNetTokenizer",
+    "MPNetTokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend"})
 
 
 class Tokenizer(Protocol):
@@ -40,8 +53,9 @@ class HFTokenizer:
     def __init__(self, path: str):
         import transformers  # heavy import, only when a real model is used
 
-        self._tok = transformers.AutoTokenizer.from_pretrained(
-            path, trust_remote_code=False)
+        loader = (transformers.PreTrainedTokenizerFast if loads_generically(path)
+                  else transformers.AutoTokenizer)
+        self._tok = loader.from_pretrained(path, trust_remote_code=False)
         self.vocab_size = len(self._tok)
         # GPT-2 has no pad token. Any id works because pad positions are
         # masked out; use eos so no new embedding row is needed.
@@ -54,6 +68,17 @@ class HFTokenizer:
                special_tokens: bool = True) -> list[list[int]]:
         return self._tok(list(texts),
                          add_special_tokens=special_tokens)["input_ids"]
+
+
+def loads_generically(path: str) -> bool:
+    """The checkpoint has a tokenizer.json and its tokenizer class is one of
+    GENERIC_CLASSES."""
+    config = os.path.join(path, "tokenizer_config.json")
+    if not (os.path.isfile(os.path.join(path, "tokenizer.json"))
+            and os.path.isfile(config)):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return json.load(f).get("tokenizer_class") in GENERIC_CLASSES
 
 
 def label_token_ids(tokenizer: Tokenizer, num_classes: int) -> list[int]:

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from w2s_jax.core import checkpoint, distributed, metric_writers, sharding
+from w2s_jax.core import (checkpoint, distributed, host_memory,
+                          metric_writers, sharding)
 from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
 from w2s_jax.data import batching
@@ -30,6 +31,7 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
     """Class probabilities [N, K] in the original example order."""
     probs = np.zeros((len(lengths), num_classes), np.float32)
     positions = distributed.process_rows(mesh, batch_size)
+    shapes = set()
     for indices in batching.eval_batches(lengths, batch_size=batch_size):
         inputs = sharding.to_global(
             mesh, _process_inputs(make_inputs, lengths, indices, positions),
@@ -37,7 +39,18 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
         # The output is replicated, so every process can read all of it.
         out = np.asarray(predict_step(params, inputs))
         probs[indices] = out[:len(indices)]
+        _after_new_shape(shapes, inputs)
+    host_memory.give_back_free_memory()
     return probs
+
+
+def _after_new_shape(seen: set, inputs) -> None:
+    """After the first call on a new input shape (its compile), give the
+    compiler's freed memory back (host_memory.give_back_free_memory)."""
+    shape = tuple(x.shape for x in jax.tree.leaves(inputs))
+    if shape not in seen:
+        seen.add(shape)
+        host_memory.give_back_free_memory()
 
 
 def _process_inputs(make_inputs, lengths, indices, positions):
@@ -186,7 +199,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             last_line = (step, now)
             writer.scalars(step, scalars)
 
-    waste, pending = [], None
+    waste, pending, shapes = [], None, set()
     for epoch in range(settings.epochs):
         rng = np.random.default_rng([seed, epoch])
         batches = batching.train_batches(lengths, batch_size=settings.batch_size,
@@ -202,6 +215,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                 "targets": train_targets[indices[positions]]})
             state, metrics = step_fn(state, sharding.to_global(
                 mesh, batch, 1, global_rows=settings.minibatch_size), *frozen)
+            _after_new_shape(shapes, batch["inputs"])
             # Read the previous step's loss only now, so the host never
             # waits on the device between dispatches.
             if pending is not None:
@@ -230,4 +244,5 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                     f"checkpoint saved, rerun the same command to resume")
     if pending is not None:
         record(pending)
+    host_memory.give_back_free_memory()
     return state, waste, progress.elapsed()
