@@ -4,7 +4,10 @@ running the same weak-to-strong experiment (bench/release_way.py).
 Both sides get the same train/test examples and token ids (w2s_jax's own
 `splits.load_task` + joint tokenization via `setup.build`, the same halves
 A/B), the same models, epochs, batch size, learning rates, Adam + cosine,
-and train the weak, ceiling and w2s stages for xent and logconf:
+and train the weak, ceiling and w2s stages for xent and logconf. w2s_jax
+accumulates each batch over minibatches of `--minibatch` (default 8; the
+loss is still the whole batch's), where the release keeps the whole
+batch's graph:
 
   (a) w2s_jax: `run.run(config, workdir)`, finetune mode, a fresh workdir,
       config.losses = "xent,logconf": the weak and ceiling stages are trained
@@ -74,7 +77,7 @@ def make_config(shape: dict):
     config.seed = SEED
     config.train.epochs = shape["epochs"]
     config.train.batch_size = BATCH
-    config.train.minibatch_size = shape["minibatch"]
+    config.train.minibatch_size = shape.get("minibatch", MINIBATCH)
     config.train.eval_batch_size = EVAL_BATCH
     config.train.log_every = 1000
     config.logs.tensorboard = False  # no event files; the release writes none
@@ -228,7 +231,8 @@ def report(name: str, shape: dict, info: dict, a: dict, b: dict) -> str:
     lines = [f"\n### {name}: {shape['weak']} -> {shape['strong']} on "
              f"{shape['task']} (pool {info['pool']}, halves {info['halves']}, "
              f"test {info['test']}, max_ctx {shape['max_ctx']}, "
-             f"{shape['epochs']} epoch(s), batch {BATCH}, lr {info['lr']}, "
+             f"{shape['epochs']} epoch(s), batch {BATCH} (w2s_jax: minibatches "
+             f"of {shape.get('minibatch', MINIBATCH)}), lr {info['lr']}, "
              f"mean train length {info['mean_len']}, dropped over-length "
              f"{info['over_length']})", "",
              "| | w2s_jax (a) | release way (b) | a/b |", "|---|---:|---:|---:|"]

@@ -100,7 +100,7 @@ libc.free.argtypes = [ctypes.c_void_p]
 size = 256 * 2 ** 20
 block = libc.malloc(size)
 ctypes.memset(block, 1, size)
-libc.malloc(64)  # so the block is not the heap's top, which trims differently
+libc.malloc(2 ** 20)  # above the block: it is not the heap's top
 held = rss()
 libc.free(block)
 freed = rss()

@@ -383,6 +383,7 @@ for family, choice, plain in json.loads(sys.argv[2]):
 print({_CASE_MARK!r} + "end", file=sys.stderr, flush=True)
 """
 _COMPILE_ERR: dict = {}  # case -> what compiling it wrote to stderr
+_COMPILE_FAILED: list = []  # why the fresh process failed, once it has
 
 
 def _compile_in_fresh_process(cases):
@@ -405,7 +406,7 @@ def _compile_in_fresh_process(cases):
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, tests_dir, json.dumps(cases)],
         cwd=os.path.dirname(tests_dir), env=env, capture_output=True,
-        text=True, timeout=1200)
+        text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     parts = [p.partition("\n") for p in proc.stderr.split(_CASE_MARK)[1:]]
     assert parts and parts[-1][0] == "end", proc.stderr[-5000:]
@@ -426,12 +427,19 @@ def _compile_stderr(request, case):
     """What compiling `case`, and the control after it, wrote to stderr in a
     fresh Python process. The first call compiles every case the session
     selected, in one process, and the control last of them."""
+    if _COMPILE_FAILED:  # fail at once rather than compile everything again
+        pytest.fail("the fresh compile process failed earlier:\n"
+                    + _COMPILE_FAILED[0])
     if case not in _COMPILE_ERR:
         todo = [c for c in dict.fromkeys(map(_case, request.session.items))
                 if c and c != CONTROL and c not in _COMPILE_ERR]
         if case != CONTROL and case not in todo:
             todo.append(case)
-        _COMPILE_ERR.update(_compile_in_fresh_process(todo + [CONTROL]))
+        try:
+            _COMPILE_ERR.update(_compile_in_fresh_process(todo + [CONTROL]))
+        except (AssertionError, subprocess.TimeoutExpired) as failure:
+            _COMPILE_FAILED.append(str(failure)[-5000:])
+            raise
     return _COMPILE_ERR[case], _COMPILE_ERR[CONTROL]
 
 

@@ -1,5 +1,6 @@
-"""HFTokenizer loads the generic fast tokenizer where that encodes exactly as
-transformers' AutoTokenizer does, and so never imports PyTorch for it.
+"""HFTokenizer names the tokenizer class AutoTokenizer would pick, where that
+is known from the checkpoint's files, so it loads the same tokenizer without
+importing PyTorch.
 
 The offline checkpoints come from the user's cache (~/.cache/w2s_jax, built
 on first use); MiniLM-L6 ships ready-made and runs in the default set, the
@@ -8,6 +9,7 @@ packages are not installed.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +25,7 @@ TEXTS = [
     "",
     "Q: What is 2+2? A: 4 <|im_end|> [SEP] </s>",
     "Emoji 🤗 and CJK 漢字 and accents ÉÀÖ",
+    "A <mask> token, then a long one: " + "word " * 150,
 ]
 
 CHECKPOINTS = [
@@ -42,14 +45,11 @@ def _checkpoint(hub_id):
     return offline.checkpoint_dir(hub_id)
 
 
-@pytest.mark.parametrize("hub_id", CHECKPOINTS)
-def test_generic_loader_encodes_as_auto_tokenizer(hub_id):
+def _assert_encodes_as_auto_tokenizer(path):
     transformers = pytest.importorskip("transformers")
-    path = _checkpoint(hub_id)
-    assert tokenizers.loads_generically(path)
     ours = tokenizers.HFTokenizer(path)
-    assert type(ours._tok) is transformers.PreTrainedTokenizerFast
     auto = transformers.AutoTokenizer.from_pretrained(path)
+    assert type(ours._tok) is type(auto)
     for special in (True, False):
         assert ours.encode(TEXTS, special_tokens=special) == auto(
             TEXTS, add_special_tokens=special)["input_ids"]
@@ -57,7 +57,32 @@ def test_generic_loader_encodes_as_auto_tokenizer(hub_id):
     assert (ours.pad_id, ours.vocab_size) == (pad, len(auto))
 
 
-def test_generic_loader_leaves_torch_unimported():
+@pytest.mark.parametrize("hub_id", CHECKPOINTS)
+def test_direct_class_encodes_as_auto_tokenizer(hub_id):
+    path = _checkpoint(hub_id)
+    assert tokenizers.direct_class(path) is not None
+    _assert_encodes_as_auto_tokenizer(path)
+
+
+def test_direct_class_builds_the_pipeline_as_auto_tokenizer(tmp_path):
+    """A BERT checkpoint whose tokenizer.json does not lowercase and whose
+    config does not say: BertTokenizer rebuilds the normaliser from the
+    config (lowercasing by default), as AutoTokenizer does; reading
+    tokenizer.json as it is would not."""
+    path = tmp_path / "cased"
+    shutil.copytree(_checkpoint("sentence-transformers/all-MiniLM-L6-v2"), path)
+    with open(path / "tokenizer_config.json") as f:
+        config = json.load(f)
+    config.pop("do_lower_case", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with open(path / "tokenizer.json") as f:
+        pipeline = json.load(f)
+    pipeline["normalizer"]["lowercase"] = False
+    (path / "tokenizer.json").write_text(json.dumps(pipeline))
+    _assert_encodes_as_auto_tokenizer(str(path))
+
+
+def test_direct_class_leaves_torch_unimported():
     path = _checkpoint("sentence-transformers/all-MiniLM-L6-v2")
     code = ("import sys; from w2s_jax.models import tokenizers; "
             f"tok = tokenizers.HFTokenizer({path!r}); "
@@ -68,20 +93,25 @@ def test_generic_loader_leaves_torch_unimported():
     assert out.stdout.split() == ["[101,", "1037,", "3231,", "102]", "False"]
 
 
-@pytest.mark.parametrize("files, generic", [
-    ({"tokenizer.json": {}, "tokenizer_config.json":
-      {"tokenizer_class": "BertTokenizer"}}, True),
-    # Classes that build their own pipeline in transformers 5.
-    ({"tokenizer.json": {}, "tokenizer_config.json":
-      {"tokenizer_class": "GPT2Tokenizer"}}, False),
-    ({"tokenizer.json": {}, "tokenizer_config.json":
-      {"tokenizer_class": "Qwen2Tokenizer"}}, False),
-    ({"tokenizer.json": {}, "tokenizer_config.json": {}}, False),
-    # No tokenizer.json: AutoTokenizer converts the vocabulary files.
-    ({"tokenizer_config.json": {"tokenizer_class": "BertTokenizer"}}, False),
-    ({"tokenizer.json": {}}, False),
+BERT = {"model_type": "bert"}
+
+
+@pytest.mark.parametrize("tokenizer_config, model_config, expected", [
+    ({"tokenizer_class": "BertTokenizerFast"}, BERT, "BertTokenizer"),
+    ({"tokenizer_class": "PreTrainedTokenizerFast"}, {"model_type": "llama"},
+     "PreTrainedTokenizerFast"),
+    # Classes that AutoTokenizer resolves through the model config.
+    ({"tokenizer_class": "GPT2Tokenizer"}, {"model_type": "gpt2"}, None),
+    # qwen2 checkpoints name the generic class, and AutoTokenizer overrides it.
+    ({"tokenizer_class": "PreTrainedTokenizerFast"}, {"model_type": "qwen2"},
+     None),
+    ({}, BERT, None),
+    ({"tokenizer_class": "BertTokenizer", "auto_map": {}}, BERT, None),
+    ({"tokenizer_class": "BertTokenizer"}, None, None),  # no config.json
 ])
-def test_loads_generically_only_for_listed_classes(tmp_path, files, generic):
-    for name, content in files.items():
-        (tmp_path / name).write_text(json.dumps(content))
-    assert tokenizers.loads_generically(str(tmp_path)) is generic
+def test_direct_class_only_where_auto_tokenizer_is_known(
+        tmp_path, tokenizer_config, model_config, expected):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    if model_config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(model_config))
+    assert tokenizers.direct_class(str(tmp_path)) == expected

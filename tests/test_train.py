@@ -132,7 +132,6 @@ def test_tiny_model_learns_a_separable_task():
     assert record["loss_curve"][-1] < 0.3 < record["loss_curve"][0]
 
 
-
 def _expected_give_backs(shapes):
     """A pass's events: each batch's shape, a give-back after each shape
     new in the pass, and one at its end."""
@@ -176,10 +175,18 @@ def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
         loss_params={}, mesh=mesh, seed=0)
     train_events = list(events)
     events.clear()
-    loop.predict(steps.make_predict_step(forward, mesh), params,
-                 make_inputs=make_inputs, lengths=lengths, batch_size=16,
-                 mesh=mesh, num_classes=2)
+    predict_step = steps.make_predict_step(forward, mesh)
+
+    def predict():
+        loop.predict(predict_step, params, make_inputs=make_inputs,
+                     lengths=lengths, batch_size=16, mesh=mesh, num_classes=2)
+    predict()
     for got in (train_events, events):
         shapes = [e for e in got if e != "give back"]
         assert len(set(shapes)) > 1  # several buckets, so the test can tell
         assert got == _expected_give_backs(shapes)
+    # Again on the shapes it compiled (an evaluation during training):
+    # nothing compiles, nothing is given back.
+    events.clear()
+    predict()
+    assert events and "give back" not in events

@@ -9,8 +9,11 @@ when PyTorch shares the process. With one arena, no mmap for large blocks
 and no trimming of the heap, freed blocks are reused and a step takes no
 page faults. The cost: the process keeps its peak host memory, as JAX's
 and PyTorch's device allocators do, and a run with many buffer sizes (length
-buckets, eval batches) holds more: 3.2 GB instead of 2.4 GB at the peak of
-a 4096-example MiniLM run (bench/RESULTS.md 4c). Numerics cannot change.
+buckets, eval batches) holds more. `give_back_free_memory`, which the train
+and predict loops call after compiles and at the end of a pass, bounds that
+to one stage's: a 4096-example MiniLM run peaked at 1961 MiB with the
+setting, 1882 MiB without, and was not faster end to end at that size
+(bench/RESULTS.md 4d). Numerics cannot change.
 
 `apply_default()` does it where it pays: where JAX computes on the CPU
 (`cpu_only_machine`), and the step's buffers are host memory. On an accelerator host
@@ -67,13 +70,15 @@ def give_back_free_memory() -> None:
     malloc_trim(0); elsewhere nothing happens).
 
     Called where the working set changes, after a compile and at the end of
-    a training or prediction pass: what was freed there (LLVM's compile
+    a training pass (or a prediction pass that compiled): what was freed there (LLVM's compile
     memory, the last pass's buffers) would otherwise stay in the process
     beside the next pass's buffers and raise its peak. Live blocks are not
     touched; a later allocation faults its pages in again."""
     if _glibc():
         try:
-            ctypes.CDLL(None).malloc_trim(0)
+            trim = ctypes.CDLL(None).malloc_trim
+            trim.argtypes = [ctypes.c_size_t]
+            trim(0)
         except (OSError, AttributeError):
             pass
 

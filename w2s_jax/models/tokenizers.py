@@ -10,16 +10,20 @@ import json
 import os
 from typing import Protocol, Sequence
 
-# tokenizer_config.json classes that transformers builds, from the
-# checkpoint's tokenizer.json, exactly as its generic PreTrainedTokenizerFast
-# does (tests/test_tokenizers.py compares the two on every offline
-# checkpoint). The generic class loads without AutoTokenizer's model-config
-# machinery, which imports PyTorch wherever it is installed: +190 MB of host
-# memory and +2 s in every process. Other classes (GPT-2's, Qwen2's, ...)
-# build their own pipeline in transformers 5 and go through AutoTokenizer.
-GENERIC_CLASSES = frozenset({
-    "BertTokenizer", "BertTokenizerFast", "MPNetTokenizer",
-    "MPNetTokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend"})
+# Where AutoTokenizer's choice is known without its model-config machinery
+# (which imports PyTorch wherever it is installed: +190 MB of host memory
+# and +2 s in every process), the class it would pick is named directly.
+# tokenizer_config.json's class -> the transformers class AutoTokenizer
+# loads for it, for checkpoints of these model types: for them transformers
+# 5 trusts the named class (it overrides the name only for types it knows
+# to be misnamed on the hub, e.g. qwen2), and a checkpoint with an auto_map
+# is left to AutoTokenizer. tests/test_tokenizers.py checks the two agree.
+DIRECT_CLASSES = {
+    "BertTokenizer": "BertTokenizer", "BertTokenizerFast": "BertTokenizer",
+    "MPNetTokenizer": "MPNetTokenizer", "MPNetTokenizerFast": "MPNetTokenizer",
+    "PreTrainedTokenizerFast": "PreTrainedTokenizerFast",
+    "TokenizersBackend": "TokenizersBackend"}
+DIRECT_MODEL_TYPES = frozenset({"bert", "mpnet", "llama"})
 
 
 class Tokenizer(Protocol):
@@ -53,8 +57,8 @@ class HFTokenizer:
     def __init__(self, path: str):
         import transformers  # heavy import, only when a real model is used
 
-        loader = (transformers.PreTrainedTokenizerFast if loads_generically(path)
-                  else transformers.AutoTokenizer)
+        name = direct_class(path)
+        loader = getattr(transformers, name) if name else transformers.AutoTokenizer
         self._tok = loader.from_pretrained(path, trust_remote_code=False)
         self.vocab_size = len(self._tok)
         # GPT-2 has no pad token. Any id works because pad positions are
@@ -70,15 +74,21 @@ class HFTokenizer:
                          add_special_tokens=special_tokens)["input_ids"]
 
 
-def loads_generically(path: str) -> bool:
-    """The checkpoint has a tokenizer.json and its tokenizer class is one of
-    GENERIC_CLASSES."""
-    config = os.path.join(path, "tokenizer_config.json")
-    if not (os.path.isfile(os.path.join(path, "tokenizer.json"))
-            and os.path.isfile(config)):
-        return False
-    with open(config, encoding="utf-8") as f:
-        return json.load(f).get("tokenizer_class") in GENERIC_CLASSES
+def direct_class(path: str) -> str | None:
+    """The transformers tokenizer class AutoTokenizer would load for the
+    checkpoint at `path`, where DIRECT_CLASSES knows it; else None."""
+    configs = []
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                configs.append(json.load(f))
+        except (OSError, ValueError):
+            return None
+    tokenizer_config, model_config = configs
+    if ("auto_map" in tokenizer_config
+            or model_config.get("model_type") not in DIRECT_MODEL_TYPES):
+        return None
+    return DIRECT_CLASSES.get(tokenizer_config.get("tokenizer_class"))
 
 
 def label_token_ids(tokenizer: Tokenizer, num_classes: int) -> list[int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -28,10 +29,16 @@ def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
 
 def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
             batch_size: int, mesh, num_classes: int) -> np.ndarray:
-    """Class probabilities [N, K] in the original example order."""
+    """Class probabilities [N, K] in the original example order.
+
+    After a call that compiled (a batch shape new to `predict_step`), and at
+    the end of a pass that compiled, free host memory is given back
+    (host_memory.give_back_free_memory); an evaluation during training,
+    on shapes compiled before, gives nothing back, so the train step's
+    kept buffers stay."""
     probs = np.zeros((len(lengths), num_classes), np.float32)
     positions = distributed.process_rows(mesh, batch_size)
-    shapes = set()
+    compiled = False
     for indices in batching.eval_batches(lengths, batch_size=batch_size):
         inputs = sharding.to_global(
             mesh, _process_inputs(make_inputs, lengths, indices, positions),
@@ -39,18 +46,27 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
         # The output is replicated, so every process can read all of it.
         out = np.asarray(predict_step(params, inputs))
         probs[indices] = out[:len(indices)]
-        _after_new_shape(shapes, inputs)
-    host_memory.give_back_free_memory()
+        compiled |= _after_new_shape(predict_step, inputs)
+    if compiled:
+        host_memory.give_back_free_memory()
     return probs
 
 
-def _after_new_shape(seen: set, inputs) -> None:
-    """After the first call on a new input shape (its compile), give the
-    compiler's freed memory back (host_memory.give_back_free_memory)."""
+# The input shapes each jitted step has been called with (so compiled for).
+_SHAPES_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _after_new_shape(step_fn, inputs) -> bool:
+    """After `step_fn`'s first call on an input shape (its compile), give
+    the compiler's freed memory back (host_memory.give_back_free_memory);
+    True if the shape was new."""
+    seen = _SHAPES_SEEN.setdefault(step_fn, set())
     shape = tuple(x.shape for x in jax.tree.leaves(inputs))
-    if shape not in seen:
-        seen.add(shape)
-        host_memory.give_back_free_memory()
+    if shape in seen:
+        return False
+    seen.add(shape)
+    host_memory.give_back_free_memory()
+    return True
 
 
 def _process_inputs(make_inputs, lengths, indices, positions):
@@ -199,7 +215,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             last_line = (step, now)
             writer.scalars(step, scalars)
 
-    waste, pending, shapes = [], None, set()
+    waste, pending = [], None
     for epoch in range(settings.epochs):
         rng = np.random.default_rng([seed, epoch])
         batches = batching.train_batches(lengths, batch_size=settings.batch_size,
@@ -215,7 +231,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                 "targets": train_targets[indices[positions]]})
             state, metrics = step_fn(state, sharding.to_global(
                 mesh, batch, 1, global_rows=settings.minibatch_size), *frozen)
-            _after_new_shape(shapes, batch["inputs"])
+            _after_new_shape(step_fn, batch["inputs"])
             # Read the previous step's loss only now, so the host never
             # waits on the device between dispatches.
             if pending is not None:
