@@ -70,10 +70,11 @@ def give_back_free_memory() -> None:
     malloc_trim(0); elsewhere nothing happens).
 
     Called where the working set changes, after a compile and at the end of
-    a training pass (or a prediction pass that compiled): what was freed there (LLVM's compile
-    memory, the last pass's buffers) would otherwise stay in the process
-    beside the next pass's buffers and raise its peak. Live blocks are not
-    touched; a later allocation faults its pages in again."""
+    a training pass (or of a prediction pass that compiled): what was freed
+    there (LLVM's compile memory, the last pass's buffers) would otherwise
+    stay in the process beside the next pass's buffers and raise its peak.
+    Live blocks are not touched; a later allocation faults its pages in
+    again."""
     if _glibc():
         try:
             trim = ctypes.CDLL(None).malloc_trim

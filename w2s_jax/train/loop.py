@@ -60,7 +60,10 @@ def _after_new_shape(step_fn, inputs) -> bool:
     """After `step_fn`'s first call on an input shape (its compile), give
     the compiler's freed memory back (host_memory.give_back_free_memory);
     True if the shape was new."""
-    seen = _SHAPES_SEEN.setdefault(step_fn, set())
+    try:
+        seen = _SHAPES_SEEN.setdefault(step_fn, set())
+    except TypeError:  # not weakly referenceable: its compiles are unknown
+        return False
     shape = tuple(x.shape for x in jax.tree.leaves(inputs))
     if shape in seen:
         return False
