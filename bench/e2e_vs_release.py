@@ -13,7 +13,9 @@ batch's graph:
       config.losses = "xent,logconf": the weak and ceiling stages are trained
       once and shared by both losses (the stage cache), batches are
       length-bucketed and padded to a short ladder of lengths, steps are jit
-      compiled. 4 trainings.
+      compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
+      keep-freed-memory setting only with W2S_KEEP_HOST_MEMORY=1), but
+      without mid-stage checkpoints, which the release does not write.
   (b) the release's way: PyTorch/HF, batches padded to their longest
       example, every stage retrained for every loss. 6 trainings.
 
@@ -81,6 +83,9 @@ def make_config(shape: dict):
     config.train.eval_batch_size = EVAL_BATCH
     config.train.log_every = 1000
     config.logs.tensorboard = False  # no event files; the release writes none
+    # No checkpoints within a stage, which the release's way does not write
+    # either (each save copies the train state to the host).
+    config.checkpoint_every_steps = 0
     return config
 
 
@@ -103,8 +108,10 @@ def side_a(shape: dict, out_path: str) -> None:
         # What goes to the device: rows = the (mini)batch or eval batch,
         # filler rows included; real tokens are the examples' lengths.
         inputs = original(make_inputs, lengths, indices, positions)
-        caller = sys._getframe(1).f_code.co_name
-        kind = "eval" if caller == "predict" else "train"
+        caller = sys._getframe(1)
+        if caller.f_back.f_code.co_name == "_compile_ahead":
+            return inputs  # a batch built only for its shape, never run
+        kind = "eval" if caller.f_code.co_name == "predict" else "train"
         mine = indices[positions[positions < len(indices)]]
         tokens[f"{kind}_real"] += int(np.sum(lengths[mine]))
         tokens[f"{kind}_padded"] += int(np.asarray(inputs[0]).size)

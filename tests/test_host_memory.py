@@ -53,35 +53,19 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
     assert sorted(on["faults"][-10:])[7] < pages // 50, on
 
 
-def test_applies_on_cpu_only_machines_unless_told(monkeypatch):
+def test_applies_only_when_asked(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory",
                         lambda: calls.append(1) or True)
-    monkeypatch.setattr(host_memory, "cpu_only_machine", lambda: True)
-    monkeypatch.delenv(host_memory.ENV, raising=False)
-    assert host_memory.apply_default() and len(calls) == 1
-    monkeypatch.setenv(host_memory.ENV, "0")
-    assert not host_memory.apply_default() and len(calls) == 1
-    # An accelerator machine: only when asked for.
-    monkeypatch.setattr(host_memory, "cpu_only_machine", lambda: False)
-    monkeypatch.delenv(host_memory.ENV)
-    assert not host_memory.apply_default() and len(calls) == 1
+    for unset_or_not_one in (None, "", "0", "yes", "true"):
+        if unset_or_not_one is None:
+            monkeypatch.delenv(host_memory.ENV, raising=False)
+        else:
+            monkeypatch.setenv(host_memory.ENV, unset_or_not_one)
+        assert not host_memory.apply_default()
+    assert not calls
     monkeypatch.setenv(host_memory.ENV, "1")
-    assert host_memory.apply_default() and len(calls) == 2
-
-
-def test_jax_platforms_decides_where_set(monkeypatch):
-    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
-    assert not host_memory.cpu_only_machine()
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert not host_memory.cpu_only_machine()
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # even beside a GPU
-    monkeypatch.setattr(host_memory.glob, "glob", lambda p: ["/dev/nvidia0"])
-    assert host_memory.cpu_only_machine()
-    monkeypatch.delenv("JAX_PLATFORMS")  # unset: the device files decide
-    assert not host_memory.cpu_only_machine()
-    monkeypatch.setattr(host_memory.glob, "glob", lambda p: [])
-    assert host_memory.cpu_only_machine()
+    assert host_memory.apply_default() and calls == [1]
 
 
 # A heap that keeps freed memory (the setting) holds a freed 256 MiB block

@@ -144,6 +144,29 @@ def _expected_give_backs(shapes):
     return events + ["give back"]
 
 
+def _mixed_lengths(seed, record, devices):
+    """64 random token sequences of 3-59 tokens (several length buckets)
+    and a zero-headed tiny GPT-2 on `devices`: (module, params, lengths,
+    make_inputs, mesh); make_inputs calls record(padded inputs) per batch."""
+    model = registry.resolve("tiny-gpt2-random")
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(0, 256, n).astype(np.int32)
+           for n in rng.integers(3, 60, 64)]
+    pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
+
+    def make_inputs(indices, rows):
+        inputs = pad(indices, rows)
+        record(inputs)
+        return inputs
+    mesh = sharding.make_mesh({"data": -1}, devices=devices)
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
+                                    head_init="zeros")
+    params = steps.init_params(module, model, head_init="zeros", seed=0,
+                               mesh=mesh)
+    return (module, params, np.array([len(x) for x in ids]), make_inputs,
+            mesh)
+
+
 def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
     """The loops give free host memory back after each input shape's first
     call (its compile) and at the end of the pass, not at every step."""
@@ -151,22 +174,9 @@ def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
     events = []
     monkeypatch.setattr(host_memory, "give_back_free_memory",
                         lambda: events.append("give back"))
-    model = registry.resolve("tiny-gpt2-random")
-    rng = np.random.default_rng(0)
-    ids = [rng.integers(0, 256, n).astype(np.int32)
-           for n in rng.integers(3, 60, 64)]
-    lengths = np.array([len(x) for x in ids])
-    pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
-
-    def make_inputs(indices, rows):  # records each batch's padded shape
-        inputs = pad(indices, rows)
-        events.append(inputs[0].shape)
-        return inputs
-    mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
-                                    head_init="zeros")
-    params = steps.init_params(module, model, head_init="zeros", seed=0,
-                               mesh=mesh)
+    # Each batch's padded shape goes into the events.
+    module, params, lengths, make_inputs, mesh = _mixed_lengths(
+        0, lambda inputs: events.append(inputs[0].shape), jax.devices()[:1])
     forward = steps.module_forward(module)
     params, _ = loop.finetune(
         name="t", forward=forward, params=params, make_inputs=make_inputs,
@@ -190,3 +200,54 @@ def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
     events.clear()
     predict()
     assert events and "give back" not in events
+
+
+@pytest.mark.parametrize("frozen_backbone", [False, True])
+def test_every_batch_shape_compiles_before_the_first_step(frozen_backbone):
+    """The train loop compiles its step for all the pass's batch shapes
+    first (a compile's memory then never lands on top of running steps):
+    on 8 devices, with and without a frozen part (LoRA's third argument),
+    the step is traced, lowered and compiled once per shape, all before
+    the loop's first batch, and never again during the steps."""
+    events = []
+    module, params, lengths, make_inputs, mesh = _mixed_lengths(
+        1, lambda inputs: events.append(("batch", inputs[0].shape[-1])),
+        jax.devices())
+    module_forward = steps.module_forward(module)
+
+    def forward(params, inputs):  # runs when jit traces the step
+        events.append(("trace", inputs[0].shape[-1]))
+        return module_forward(params, inputs)
+
+    def on_compile(event, duration, fun_name="", **_):
+        # Lowering to MLIR, and compiling it (or loading it from the
+        # persistent cache, which this event covers too).
+        if event.startswith("/jax/core/compile/jaxpr_to_mlir_module"):
+            events.append(("lower", fun_name))
+        elif event.startswith("/jax/core/compile/backend_compile"):
+            events.append(("compile", fun_name))
+    settings = _settings(epochs=2)
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        loop.finetune(
+            name="t", forward=forward, params=params, make_inputs=make_inputs,
+            lengths=lengths, train_targets=np.full((64, 2), 0.5, np.float32),
+            settings=settings, loss=losses.get_loss("xent"), loss_params={},
+            mesh=mesh, seed=0, trainable=(
+                (lambda path: path[0] == "head") if frozen_backbone else None))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+    n_steps = settings.epochs * (len(lengths) // settings.batch_size)
+    batches = [i for i, (kind, _) in enumerate(events) if kind == "batch"]
+    first_step = batches[-n_steps]
+    ahead, during = events[:first_step], events[first_step:]
+    shapes = {n for kind, n in during if kind == "batch"}
+    assert len(shapes) > 1  # several buckets, so the test can tell
+    assert {n for kind, n in ahead if kind == "trace"} == shapes
+    assert not [e for e in during if e[0] == "trace"]
+    # The step is lowered and compiled once per shape ahead, never after.
+    for stage in ("lower", "compile"):
+        names = [name for kind, name in ahead if kind == stage]
+        step_name = max(set(names), key=names.count)
+        assert names.count(step_name) == len(shapes)
+        assert (stage, step_name) not in during

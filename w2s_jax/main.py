@@ -28,10 +28,10 @@ or with W2S_COORDINATOR=host:port W2S_NUM_PROCESSES=n W2S_PROCESS_ID=i
 from w2s_jax.core import host_memory
 
 if __name__ == "__main__":
-    # First of all, before JAX starts its CPU threads: where JAX computes on
-    # the CPU, the train step's freed buffers are reused, not faulted in
-    # again every step (w2s_jax/core/host_memory.py). Not on import: that
-    # would change malloc for whoever imports this module.
+    # First of all, before JAX starts its CPU threads: with
+    # W2S_KEEP_HOST_MEMORY=1 the train step's freed buffers are reused, not
+    # faulted in again every step (w2s_jax/core/host_memory.py). Not on
+    # import: that would change malloc for whoever imports this module.
     host_memory.apply_default()
 
 import logging  # noqa: E402

@@ -11,25 +11,24 @@ page faults. The cost: the process keeps its peak host memory, as JAX's
 and PyTorch's device allocators do, and a run with many buffer sizes (length
 buckets, eval batches) holds more. `give_back_free_memory`, which the train
 and predict loops call after compiles and at the end of a pass, bounds that
-to one stage's: a 4096-example MiniLM run peaked at 1961 MiB with the
-setting, 1882 MiB without, and was not faster end to end at that size
-(bench/RESULTS.md 4d). Numerics cannot change.
+to one stage's (it works with or without the setting). Numerics cannot
+change.
 
-`apply_default()` does it where it pays: where JAX computes on the CPU
-(`cpu_only_machine`), and the step's buffers are host memory. On an accelerator host
-they live on the device, and keeping every freed host block (checkpoint
-copies of a large model) would only cost memory. W2S_KEEP_HOST_MEMORY=1
-or 0 decides instead. It must run before JAX starts its CPU client:
-threads that already picked a malloc arena keep it, so `python -m
-w2s_jax.main` calls it first (a notebook kernel's threads are already
-there, so the notebook does not). One arena puts every thread's large
-allocations behind one lock (small ones still come from per-thread
-caches); measured on one core (bench/RESULTS.md 6c).
+It is opt-in: `W2S_KEEP_HOST_MEMORY=1` (`apply_default()`). End to end
+it did not pay at MiniLM size, where batches come in several lengths: at
+4096 examples the run took as long with it and peaked 600 MB higher, the
+freed blocks of each length's buffers kept side by side (bench/RESULTS.md
+4e). It pays for one large step shape run many times (gpt2-small, 6c).
+It must run before JAX starts its CPU client: threads that already picked
+a malloc arena keep it, so `python -m w2s_jax.main` calls it first (a
+notebook kernel's threads are already there, so the notebook does not).
+One arena puts every thread's large allocations behind one lock (small
+ones still come from per-thread caches); measured on one core
+(bench/RESULTS.md 6c).
 """
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 
 ENV = "W2S_KEEP_HOST_MEMORY"
@@ -91,23 +90,9 @@ def _glibc() -> bool:
         return False
 
 
-def cpu_only_machine() -> bool:
-    """JAX computes on the CPU: JAX_PLATFORMS is "cpu", or it is empty and
-    the machine has no NVIDIA, AMD (ROCm) or TPU device files (TPU VMs
-    expose their chips as /dev/accel* or /dev/vfio/*)."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-    if platforms:
-        return platforms == "cpu"
-    return not any(glob.glob(pattern) for pattern in (
-        "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel*", "/dev/vfio/[0-9]*"))
-
-
 def apply_default() -> bool:
-    """keep_freed_memory() on a CPU-only machine, or as $W2S_KEEP_HOST_MEMORY
-    (1 or 0) says; True if it took effect."""
-    wanted = os.environ.get(ENV)
-    if wanted not in (None, "", "0", "1"):
-        wanted = None  # not a choice: the default
-    if wanted == "0" or (wanted != "1" and not cpu_only_machine()):
+    """keep_freed_memory() where $W2S_KEEP_HOST_MEMORY is 1 (module
+    docstring); True if it took effect."""
+    if os.environ.get(ENV, "").strip() != "1":
         return False
     return keep_freed_memory()

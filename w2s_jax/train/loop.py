@@ -57,19 +57,60 @@ _SHAPES_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _after_new_shape(step_fn, inputs) -> bool:
-    """After `step_fn`'s first call on an input shape (its compile), give
-    the compiler's freed memory back (host_memory.give_back_free_memory);
-    True if the shape was new."""
+    """After `step_fn` first meets an input shape (its compile: ahead of
+    the steps, or at the first call), give the compiler's freed memory back
+    (host_memory.give_back_free_memory); True if the shape was new."""
     try:
         seen = _SHAPES_SEEN.setdefault(step_fn, set())
     except TypeError:  # not weakly referenceable: its compiles are unknown
         return False
-    shape = tuple(x.shape for x in jax.tree.leaves(inputs))
+    shape = _shape_key(inputs)
     if shape in seen:
         return False
     seen.add(shape)
     host_memory.give_back_free_memory()
     return True
+
+
+def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
+                   lengths, batches) -> None:
+    """Compile `step_fn` for every input shape of `batches` (index arrays)
+    before the first step, giving the compiler's memory back after each.
+
+    A compile's transient host memory (LLVM's, about 300 MB for a MiniLM-L6
+    step) otherwise lands whenever a batch of a new length first comes up,
+    late in a stage for rare lengths, on top of the running steps' buffers
+    and the heap they fragmented: the process's peak (bench/RESULTS.md 4e).
+    Here the compiles run while nothing else is live. jit reuses the
+    executables compiled here (the same lowering; with JAX's profile-guided
+    mode, JAX_ENABLE_PGLE, it would compile again), so nothing is compiled
+    twice."""
+    if not hasattr(step_fn, "lower"):  # not jitted: nothing to compile
+        return
+    try:
+        seen = _SHAPES_SEEN.setdefault(step_fn, set())
+    except TypeError:  # not weakly referenceable: its compiles are unknown
+        return
+    compiled, started, longest_seen = 0, time.perf_counter(), set()
+    for indices in batches:
+        # A batch's shape follows its longest example (_process_inputs):
+        # only a new longest length can be a new shape.
+        longest = int(lengths[indices].max())
+        if longest in longest_seen:
+            continue
+        longest_seen.add(longest)
+        batch = host_batch(indices)
+        if _shape_key(batch["inputs"]) in seen:
+            continue
+        step_fn.lower(state, global_batch(batch), *frozen).compile()
+        compiled += _after_new_shape(step_fn, batch["inputs"])
+    if compiled:
+        log(f"[{name}] compiled the train step for {compiled} batch "
+            f"shape(s) in {time.perf_counter() - started:.1f}s")
+
+
+def _shape_key(inputs) -> tuple:
+    return tuple(x.shape for x in jax.tree.leaves(inputs))
 
 
 def _process_inputs(make_inputs, lengths, indices, positions):
@@ -218,22 +259,31 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             last_line = (step, now)
             writer.scalars(step, scalars)
 
+    def host_batch(indices):
+        return jax.tree.map(micro_split, {
+            "inputs": _process_inputs(make_inputs, lengths, indices, positions),
+            "targets": train_targets[indices[positions]]})
+
+    def global_batch(batch):
+        return sharding.to_global(mesh, batch, 1,
+                                  global_rows=settings.minibatch_size)
+
+    epochs = [batching.train_batches(lengths, batch_size=settings.batch_size,
+                                     rng=np.random.default_rng([seed, epoch]))
+              for epoch in range(settings.epochs)]
+    _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
+                   lengths, [indices for step, indices in enumerate(
+                       (b for batches in epochs for b in batches), 1)
+                    if step > start])
     waste, pending = [], None
-    for epoch in range(settings.epochs):
-        rng = np.random.default_rng([seed, epoch])
-        batches = batching.train_batches(lengths, batch_size=settings.batch_size,
-                                         rng=rng)
+    for epoch, batches in enumerate(epochs):
         waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
         for index, indices in enumerate(batches):
             step = epoch * steps_per_epoch + index + 1
             if step <= start:
                 continue
-            batch = jax.tree.map(micro_split, {
-                "inputs": _process_inputs(make_inputs, lengths, indices,
-                                          positions),
-                "targets": train_targets[indices[positions]]})
-            state, metrics = step_fn(state, sharding.to_global(
-                mesh, batch, 1, global_rows=settings.minibatch_size), *frozen)
+            batch = host_batch(indices)
+            state, metrics = step_fn(state, global_batch(batch), *frozen)
             _after_new_shape(step_fn, batch["inputs"])
             # Read the previous step's loss only now, so the host never
             # waits on the device between dispatches.
