@@ -104,9 +104,10 @@ def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
             continue
         step_fn.lower(state, global_batch(batch), *frozen).compile()
         compiled += _after_new_shape(step_fn, batch["inputs"])
-    if compiled:
+    seconds = time.perf_counter() - started
+    if compiled and seconds >= 1.0:  # a wait worth explaining
         log(f"[{name}] compiled the train step for {compiled} batch "
-            f"shape(s) in {time.perf_counter() - started:.1f}s")
+            f"shape(s) in {seconds:.1f}s")
 
 
 def _shape_key(inputs) -> tuple:
