@@ -60,12 +60,9 @@ def _after_new_shape(step_fn, inputs) -> bool:
     """After `step_fn` first meets an input shape (its compile: ahead of
     the steps, or at the first call), give the compiler's freed memory back
     (host_memory.give_back_free_memory); True if the shape was new."""
-    try:
-        seen = _SHAPES_SEEN.setdefault(step_fn, set())
-    except TypeError:  # not weakly referenceable: its compiles are unknown
-        return False
+    seen = _shapes_seen(step_fn)
     shape = _shape_key(inputs)
-    if shape in seen:
+    if seen is None or shape in seen:
         return False
     seen.add(shape)
     host_memory.give_back_free_memory()
@@ -85,11 +82,8 @@ def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
     executables compiled here (the same lowering; with JAX's profile-guided
     mode, JAX_ENABLE_PGLE, it would compile again), so nothing is compiled
     twice."""
-    if not hasattr(step_fn, "lower"):  # not jitted: nothing to compile
-        return
-    try:
-        seen = _SHAPES_SEEN.setdefault(step_fn, set())
-    except TypeError:  # not weakly referenceable: its compiles are unknown
+    seen = _shapes_seen(step_fn)
+    if seen is None or not hasattr(step_fn, "lower"):  # not jitted
         return
     compiled, started, longest_seen = 0, time.perf_counter(), set()
     for indices in batches:
@@ -108,6 +102,15 @@ def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
     if compiled and seconds >= 1.0:  # a wait worth explaining
         log(f"[{name}] compiled the train step for {compiled} batch "
             f"shape(s) in {seconds:.1f}s")
+
+
+def _shapes_seen(step_fn) -> set | None:
+    """The shapes `step_fn` has compiled for; None if it cannot be weakly
+    referenced (its compiles are then unknown)."""
+    try:
+        return _SHAPES_SEEN.setdefault(step_fn, set())
+    except TypeError:
+        return None
 
 
 def _shape_key(inputs) -> tuple:
@@ -272,10 +275,10 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     epochs = [batching.train_batches(lengths, batch_size=settings.batch_size,
                                      rng=np.random.default_rng([seed, epoch]))
               for epoch in range(settings.epochs)]
+    # Steps are numbered from 1 across epochs: those after `start` remain.
+    remaining = [b for batches in epochs for b in batches][start:]
     _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
-                   lengths, [indices for step, indices in enumerate(
-                       (b for batches in epochs for b in batches), 1)
-                    if step > start])
+                   lengths, remaining)
     waste, pending = [], None
     for epoch, batches in enumerate(epochs):
         waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
