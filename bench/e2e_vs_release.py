@@ -104,10 +104,10 @@ def side_a(shape: dict, out_path: str) -> None:
               "eval_padded": 0}
     original = loop._process_inputs
 
-    def counting(make_inputs, lengths, indices, positions):
+    def counting(make_inputs, lengths, indices, positions, rungs):
         # What goes to the device: rows = the (mini)batch or eval batch,
         # filler rows included; real tokens are the examples' lengths.
-        inputs = original(make_inputs, lengths, indices, positions)
+        inputs = original(make_inputs, lengths, indices, positions, rungs)
         caller = sys._getframe(1)
         if caller.f_back.f_code.co_name == "_compile_ahead":
             return inputs  # a batch built only for its shape, never run

@@ -4,21 +4,21 @@ Waste = padding token slots / all token slots of the batches of one epoch
 (what w2s_jax.data.batching.padding_waste measures). Columns:
 
   trainer      batching.train_batches (shuffle, sort within windows of 16
-               batches, split) + the padded-length ladder, i.e. exactly the
-               batches loop.finetune feeds the train step (via
-               batching.padding_waste);
+               batches, split) padded to the lengths batching.fit_rungs
+               fits to all epochs' batches, i.e. exactly the batches
+               loop.finetune feeds the train step;
+  ladder       the same batches padded to the fixed ladder (16, 24, 32,
+               48, 64, ...), as the trainer did before fit_rungs;
   sorted/exact the same length-grouped batches padded to their exact max
-               (no ladder): what the ladder itself costs;
+               (one compile per distinct length): the floor for these
+               batches;
   random/ladder shuffled batches with no length grouping, ladder lengths;
   random/exact  shuffled batches padded to their own max length: the naive
                "pad to the batch max" collator;
   max_ctx      every example padded to max_ctx: the naive fixed shape;
-  +8/12 rungs  the trainer's batches with rungs 8 and 12 added below the
-               ladder's smallest (16): how much of the trainer's waste is
-               the ladder's floor on short texts;
   eval         batching.eval_batches (sorted) at eval_batch_size, padded
-               with the ladder and filler rows to the full batch, as
-               loop.predict does.
+               to the lengths fitted to them and filler rows to the full
+               batch, as loop.predict does.
 
 Train columns average `--epochs` epochs of the trainer's own rng
 (default_rng([seed, epoch])). Examples are the task's train pool as
@@ -45,19 +45,6 @@ def waste_exact(lengths, batches):
     return 1.0 - real / total
 
 
-FINER_LADDER = (8, 12) + batching._LADDER
-
-
-def waste_finer_ladder(lengths, batches, max_ctx):
-    """batching.padding_waste, with rungs 8 and 12 below the ladder."""
-    def padded(n):
-        rung = next((r for r in FINER_LADDER if r >= n), n)
-        return min(rung, max(max_ctx, n))
-    real = sum(int(lengths[b].sum()) for b in batches)
-    total = sum(len(b) * padded(int(lengths[b].max())) for b in batches)
-    return 1.0 - real / total
-
-
 def random_batches(lengths, batch_size, rng):
     order = rng.permutation(len(lengths))
     n = len(order) // batch_size
@@ -68,8 +55,10 @@ def eval_waste(lengths, batch_size, max_ctx):
     """Filler rows of the short last batch count as waste, as predict pads
     every batch to eval_batch_size rows."""
     batches = batching.eval_batches(lengths, batch_size=batch_size)
+    rungs = batching.fit_rungs(lengths, batches, max_ctx)
     real = int(lengths.sum())
-    total = sum(batch_size * batching.padded_length(int(lengths[b].max()), max_ctx)
+    total = sum(batch_size * batching.padded_length(int(lengths[b].max()),
+                                                    max_ctx, rungs)
                 for b in batches)
     return 1.0 - real / total
 
@@ -110,7 +99,7 @@ def main():
           f"{args.eval_batch_size}, {args.epochs} epochs, seed {args.seed}")
     toks = load_tokenizers(args.tokenizers.split(","))
     print("\n| task | tokenizer | examples | dropped | mean len | p50 | p95 | "
-          "max | trainer | sorted/exact | +8/12 rungs | random/ladder | "
+          "max | trainer | ladder | sorted/exact | random/ladder | "
           "random/exact | max_ctx | eval |")
     print("|---|---|" + "---:|" * 13)
     for task in args.tasks.split(","):
@@ -122,18 +111,22 @@ def main():
             keep = (~tokd.too_long if args.overlength == "drop"
                     else np.ones(len(tokd.ids), bool))
             lengths = tokd.lengths[keep]
-            cols = {k: [] for k in ("trainer", "sorted_exact", "finer",
+            cols = {k: [] for k in ("trainer", "ladder", "sorted_exact",
                                     "random_ladder", "random_exact")}
-            for epoch in range(args.epochs):
-                # The trainer's own generator and batches.
-                rng = np.random.default_rng([args.seed, epoch])
-                batches = batching.train_batches(
-                    lengths, batch_size=args.batch_size, rng=rng)
+            # The trainer's own generator and batches, its rungs fitted to
+            # all epochs' batches.
+            epochs = [batching.train_batches(
+                lengths, batch_size=args.batch_size,
+                rng=np.random.default_rng([args.seed, epoch]))
+                for epoch in range(args.epochs)]
+            rungs = batching.fit_rungs(
+                lengths, [b for batches in epochs for b in batches], args.max_ctx)
+            for epoch, batches in enumerate(epochs):
                 cols["trainer"].append(batching.padding_waste(
+                    lengths, batches, args.max_ctx, rungs))
+                cols["ladder"].append(batching.padding_waste(
                     lengths, batches, args.max_ctx))
                 cols["sorted_exact"].append(waste_exact(lengths, batches))
-                cols["finer"].append(waste_finer_ladder(lengths, batches,
-                                                        args.max_ctx))
                 rnd = random_batches(lengths, args.batch_size,
                                      np.random.default_rng([args.seed, epoch, 1]))
                 cols["random_ladder"].append(batching.padding_waste(

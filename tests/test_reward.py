@@ -103,7 +103,8 @@ def test_pair_inputs_split_over_processes_like_the_whole_batch():
     make_inputs = learner.inputs("train", np.arange(3))
     whole = make_inputs(indices, 4)  # row 3 is filler
     for positions in (np.array([0, 1]), np.array([2, 3])):
-        mine = loop._process_inputs(make_inputs, lengths, indices, positions)
+        mine = loop._process_inputs(make_inputs, lengths, indices,
+                                    positions, None)
         for part, full in zip(mine, whole):
             np.testing.assert_array_equal(part, full[positions])
     ids_whole, mask_whole = whole

@@ -126,7 +126,7 @@ def test_tiny_model_learns_a_separable_task():
         loss=losses.get_loss("xent"), loss_params={}, mesh=mesh, seed=0)
     probs = loop.predict(steps.make_predict_step(forward, mesh), params,
                           make_inputs=make_inputs, lengths=lengths,
-                          batch_size=16, mesh=mesh, num_classes=2)
+                          batch_size=16, max_ctx=64, mesh=mesh, num_classes=2)
     assert np.mean(probs.argmax(-1) == np.array(labels)) > 0.95
     assert record["steps"] == 4 * (256 // 16)
     assert record["loss_curve"][-1] < 0.3 < record["loss_curve"][0]
@@ -154,8 +154,8 @@ def _mixed_lengths(seed, record, devices):
            for n in rng.integers(3, 60, 64)]
     pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
 
-    def make_inputs(indices, rows):
-        inputs = pad(indices, rows)
+    def make_inputs(indices, rows, rungs):
+        inputs = pad(indices, rows, rungs)
         record(inputs)
         return inputs
     mesh = sharding.make_mesh({"data": -1}, devices=devices)
@@ -189,7 +189,8 @@ def test_free_memory_given_back_after_each_new_shape_and_pass(monkeypatch):
 
     def predict():
         loop.predict(predict_step, params, make_inputs=make_inputs,
-                     lengths=lengths, batch_size=16, mesh=mesh, num_classes=2)
+                     lengths=lengths, batch_size=16, max_ctx=64, mesh=mesh,
+                     num_classes=2)
     predict()
     for got in (train_events, events):
         shapes = [e for e in got if e != "give back"]
@@ -251,3 +252,57 @@ def test_every_batch_shape_compiles_before_the_first_step(frozen_backbone):
         step_name = max(set(names), key=names.count)
         assert names.count(step_name) == len(shapes)
         assert (stage, step_name) not in during
+
+
+def test_minibatch_rows_by_length():
+    """Shorter batches take the most rows within the longest rung's tokens
+    (8 x 58 = 464): 32 x 7, 32 x 13 (416), 16 x 22, 8 x 34 (16 x 34 > 464)."""
+    rungs = (7, 13, 22, 34, 58)
+    settings = _settings(batch_size=32, minibatch_size=8)
+    assert loop.minibatch_rows(settings, rungs) == {7: 32, 13: 32, 22: 16,
+                                                    34: 8, 58: 8}
+    assert loop.minibatch_rows(settings, (3, 21))[3] == 32  # 96 <= 168
+    # Rows divide the batch and are a multiple of minibatch_size: of 8, 16,
+    # 24 and 48 (batch 48), 24 x 10 fills 8 x 30 exactly.
+    assert loop.minibatch_rows(_settings(batch_size=48, minibatch_size=8),
+                               (10, 30))[10] == 24
+    # 40 does not divide 64 (batch 64, budget 8 x 40): 32 rows at length 9.
+    assert loop.minibatch_rows(_settings(batch_size=64, minibatch_size=8),
+                               (9, 40))[9] == 32
+    fixed = _settings(batch_size=32, minibatch_size=8, minibatch_by_tokens=False)
+    assert set(loop.minibatch_rows(fixed, rungs).values()) == {8}
+
+
+@pytest.mark.parametrize("loss_name", ["xent", "logconf"])
+def test_minibatches_by_tokens_train_as_fixed_minibatches(loss_name):
+    """Whatever the rows per minibatch, a step's loss is the whole batch's
+    (the confidence loss's hardening included): training with minibatches
+    by tokens ends where fixed minibatches of 8 end, while the step really
+    ran minibatches of 16 rows for the short batches."""
+    results = {}
+    for by_tokens in (True, False):
+        shapes = set()
+        module, params, lengths, make_inputs, mesh = _mixed_lengths(
+            2, lambda inputs: None, jax.devices()[:1])
+        module_forward = steps.module_forward(module)
+
+        def forward(params, inputs):  # a minibatch's [rows, L], at trace
+            shapes.add(inputs[0].shape)
+            return module_forward(params, inputs)
+        targets = np.random.default_rng(3).dirichlet([1, 1], 64).astype(np.float32)
+        params, record = loop.finetune(
+            name="t", forward=forward, params=params, make_inputs=make_inputs,
+            lengths=lengths, train_targets=targets,
+            settings=_settings(epochs=2, minibatch_by_tokens=by_tokens,
+                               lr_schedule="constant", lr=1e-4),
+            loss=losses.get_loss(loss_name),
+            loss_params=LOSS_PARAMS if loss_name == "logconf" else {},
+            mesh=mesh, seed=0)
+        results[by_tokens] = (params, record["loss_curve"], shapes)
+    (p_tok, curve_tok, shapes_tok), (p_fix, curve_fix, shapes_fix) = (
+        results[True], results[False])
+    assert {rows for rows, _ in shapes_fix} == {8}
+    assert {rows for rows, _ in shapes_tok} == {8, 16}
+    np.testing.assert_allclose(curve_tok, curve_fix, rtol=1e-5, atol=1e-6)
+    assert _max_diff(p_tok, p_fix) < 1e-5
+    assert not np.allclose(curve_fix[0], curve_fix[-1]), "nothing trained"

@@ -207,6 +207,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32
     config.train.minibatch_size = 32  # per step; batch_size / this = accumulation
+    # Batches shorter than a stage's longest take minibatches of more rows,
+    # up to the same tokens (memory) as minibatch_size rows at the longest.
+    config.train.minibatch_by_tokens = True
     config.train.epochs = 2
     config.train.lr_schedule = "cosine"  # cosine decay to 0 over all steps
     config.train.warmup_steps = 0

@@ -243,7 +243,8 @@ def _settings(model, model_cfg, config, mode) -> steps.TrainSettings:
         lr_schedule=train_cfg.lr_schedule, warmup_steps=train_cfg.warmup_steps,
         weight_decay=train_cfg.weight_decay,
         eval_batch_size=train_cfg.eval_batch_size, max_ctx=config.max_ctx,
-        log_every=train_cfg.log_every)
+        log_every=train_cfg.log_every,
+        minibatch_by_tokens=train_cfg.minibatch_by_tokens)
 
 
 def _check_divisible(config, mesh) -> None:

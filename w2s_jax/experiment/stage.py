@@ -89,8 +89,8 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
             return loop.predict(
                 predict_step, params, make_inputs=learner.inputs(side, idx),
                 lengths=learner.lengths(side, idx),
-                batch_size=settings.eval_batch_size, mesh=ctx.mesh,
-                num_classes=num_classes)
+                batch_size=settings.eval_batch_size, max_ctx=settings.max_ctx,
+                mesh=ctx.mesh, num_classes=num_classes)
 
         evals_dir = os.path.join(inprogress_dir, "evals")
         on_eval = None

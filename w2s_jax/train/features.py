@@ -66,11 +66,12 @@ def extract(model: registry.ResolvedModel, params, ids: list[np.ndarray], *,
                    out_shardings=sharding.replicated(mesh))
     lengths = np.array([len(x) for x in ids])
     batches = batching.eval_batches(lengths, batch_size=batch_size)
+    rungs = batching.fit_rungs(lengths, batches, max_ctx)
     progress = Progress(name, len(batches), batch_size)
     out = None
     for i, indices in enumerate(batches, start=1):
         inputs = batching.pad(ids, indices, rows=batch_size, max_ctx=max_ctx,
-                              pad_id=model.tokenizer.pad_id)
+                              pad_id=model.tokenizer.pad_id, rungs=rungs)
         feats = np.asarray(step(params, sharding.to_global(mesh, inputs)))
         if out is None:
             out = np.zeros((len(ids), feats.shape[1]), np.float32)

@@ -62,10 +62,12 @@ def heldout_nll(model: registry.ResolvedModel, backbone, params,
                    out_shardings=sharding.replicated(mesh))
     lengths = np.array([len(x) for x in ids])
     total = count = 0.0
-    for indices in batching.eval_batches(lengths, batch_size=batch_size):
+    batches = batching.eval_batches(lengths, batch_size=batch_size)
+    rungs = batching.fit_rungs(lengths, batches, max_ctx)
+    for indices in batches:
         # Filler rows are all padding: they predict nothing.
         inputs = batching.pad(ids, indices, rows=batch_size, max_ctx=max_ctx,
-                              pad_id=model.tokenizer.pad_id)
+                              pad_id=model.tokenizer.pad_id, rungs=rungs)
         t, c = step(params, sharding.to_global(mesh, inputs))
         total, count = total + float(t), count + float(c)
     return total / max(count, 1.0)

@@ -165,11 +165,11 @@ class ChoiceLearner(TokenLearner):
         flat = [x for i in indices for x in self.ids[side][i]]
         pad_id, max_ctx = self.model.tokenizer.pad_id, self.settings.max_ctx
 
-        def make_inputs(local, rows):
+        def make_inputs(local, rows, rungs=None):
             local = np.asarray(local)
             ids, mask = batching.pad(
                 flat, (k * local[:, None] + np.arange(k)).ravel(),
-                rows=k * rows, max_ctx=max_ctx, pad_id=pad_id)
+                rows=k * rows, max_ctx=max_ctx, pad_id=pad_id, rungs=rungs)
             return ids.reshape(rows, k, -1), mask.reshape(rows, k, -1)
         return make_inputs
 
@@ -214,7 +214,7 @@ class FeatureLearner:
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
         feats = self.features[side][indices]
 
-        def make_inputs(local, rows):
+        def make_inputs(local, rows, rungs=None):  # features have no length
             out = np.zeros((rows, feats.shape[1]), np.float32)
             out[:len(local)] = feats[local]
             return out

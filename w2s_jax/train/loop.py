@@ -20,16 +20,19 @@ from w2s_jax.train.steps import (TrainSettings, init_state, join_trainable,
 
 
 def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
-    """make_inputs(indices, rows) -> (input_ids, attention_mask), right-padded."""
-    def make_inputs(indices, rows):
+    """make_inputs(indices, rows, rungs) -> (input_ids, attention_mask),
+    right-padded to the rung (batching.padded_length) of the longest."""
+    def make_inputs(indices, rows, rungs=None):
         return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
-                            pad_id=pad_id)
+                            pad_id=pad_id, rungs=rungs)
     return make_inputs
 
 
 def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
-            batch_size: int, mesh, num_classes: int) -> np.ndarray:
-    """Class probabilities [N, K] in the original example order.
+            batch_size: int, max_ctx: int, mesh, num_classes: int) -> np.ndarray:
+    """Class probabilities [N, K] in the original example order, from
+    length-sorted batches padded to the rungs fitted to them
+    (batching.fit_rungs).
 
     After a call that compiled (a batch shape new to `predict_step`), and at
     the end of a pass that compiled, free host memory is given back
@@ -39,9 +42,12 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
     probs = np.zeros((len(lengths), num_classes), np.float32)
     positions = distributed.process_rows(mesh, batch_size)
     compiled = False
-    for indices in batching.eval_batches(lengths, batch_size=batch_size):
+    batches = batching.eval_batches(lengths, batch_size=batch_size)
+    rungs = batching.fit_rungs(lengths, batches, max_ctx)
+    for indices in batches:
         inputs = sharding.to_global(
-            mesh, _process_inputs(make_inputs, lengths, indices, positions),
+            mesh, _process_inputs(make_inputs, lengths, indices, positions,
+                                  rungs),
             global_rows=batch_size)
         # The output is replicated, so every process can read all of it.
         out = np.asarray(predict_step(params, inputs))
@@ -117,9 +123,31 @@ def _shape_key(inputs) -> tuple:
     return tuple(x.shape for x in jax.tree.leaves(inputs))
 
 
-def _process_inputs(make_inputs, lengths, indices, positions):
+def minibatch_rows(settings: TrainSettings, rungs: tuple[int, ...]) -> dict:
+    """{padded length: rows per minibatch} for a stage's rungs.
+
+    `settings.minibatch_size` rows is what fits at the longest rung; with
+    `settings.minibatch_by_tokens` a shorter batch takes the most rows (a
+    divisor of the batch, a multiple of minibatch_size) within the same
+    token count, so fewer, larger minibatches per step: their matmuls are
+    wider and the per-minibatch costs (the embedding gradient's zero fill
+    and sum, the confidence loss's extra forward pass over the whole batch,
+    which a single minibatch does not need) are paid fewer times. Memory
+    stays that of the longest rung's minibatch. Without it, or for
+    features (no length), every batch takes minibatch_size rows.
+    """
+    size, batch = settings.minibatch_size, settings.batch_size
+    if not settings.minibatch_by_tokens or not rungs:
+        return {r: size for r in rungs}
+    budget = size * max(rungs)
+    fits = [r for r in range(size, batch + 1, size) if batch % r == 0]
+    return {length: max(r for r in fits if r * length <= budget)
+            for length in rungs}
+
+
+def _process_inputs(make_inputs, lengths, indices, positions, rungs):
     """This process's rows (`positions`) of the batch of `indices`, filler
-    rows past the last index included.
+    rows past the last index included, padded to one of `rungs`.
 
     The padded length of a batch follows its longest example, so that
     example is built first and then dropped: every process pads its rows to
@@ -127,7 +155,8 @@ def _process_inputs(make_inputs, lengths, indices, positions):
     """
     mine = indices[positions[positions < len(indices)]]
     longest = indices[np.argmax(lengths[indices])]
-    inputs = make_inputs(np.concatenate([[longest], mine]), len(positions) + 1)
+    inputs = make_inputs(np.concatenate([[longest], mine]), len(positions) + 1,
+                         rungs)
     return jax.tree.map(lambda x: x[1:], inputs)
 
 
@@ -225,18 +254,9 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     `losses_seen`; returns the state, each epoch's padding waste, and the
     seconds this call took."""
     steps_per_epoch = total_steps // settings.epochs
-    n_micro = settings.batch_size // settings.minibatch_size
-    # This process's rows of each minibatch, as flat positions in the batch.
-    mine = distributed.process_rows(mesh, settings.minibatch_size)
-    positions = np.add.outer(np.arange(n_micro) * settings.minibatch_size,
-                             mine).ravel()
     # Counted from the resumed step, so rates and ETAs cover this run only.
     progress = Progress(name, total_steps, settings.batch_size,
                         first_step=start + 1)
-
-    def micro_split(x):
-        return x.reshape(n_micro, len(mine), *x.shape[1:])
-
     last_line = None  # (step, time) of the previous progress line
     lr = lr_schedule(settings, total_steps, settings.lr)
 
@@ -263,25 +283,51 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             last_line = (step, now)
             writer.scalars(step, scalars)
 
-    def host_batch(indices):
-        return jax.tree.map(micro_split, {
-            "inputs": _process_inputs(make_inputs, lengths, indices, positions),
-            "targets": train_targets[indices[positions]]})
-
-    def global_batch(batch):
-        return sharding.to_global(mesh, batch, 1,
-                                  global_rows=settings.minibatch_size)
-
     epochs = [batching.train_batches(lengths, batch_size=settings.batch_size,
                                      rng=np.random.default_rng([seed, epoch]))
               for epoch in range(settings.epochs)]
+    # Fitted to every epoch's batches, not only those after a resume, so a
+    # resumed stage pads exactly as the uninterrupted one.
+    rungs = batching.fit_rungs(lengths, [b for bs in epochs for b in bs],
+                               settings.max_ctx)
+
+    rows_at = minibatch_rows(settings, rungs)
+    if max(rungs) > 1:  # not features, which have no length
+        line = f"[{name}] batches padded to {', '.join(map(str, rungs))} tokens"
+        if len(set(rows_at.values())) > 1:
+            line += (f", in minibatches of "
+                     f"{', '.join(str(rows_at[r]) for r in rungs)} rows")
+        log(line)
+
+    def host_batch(indices):
+        rows = rows_at[batching.padded_length(int(lengths[indices].max()),
+                                              settings.max_ctx, rungs)]
+        # This process's rows of each minibatch, as flat positions in the batch.
+        mine = distributed.process_rows(mesh, rows)
+        positions = np.add.outer(
+            np.arange(settings.batch_size // rows) * rows, mine).ravel()
+        return jax.tree.map(lambda x: x.reshape(-1, len(mine), *x.shape[1:]), {
+            "inputs": _process_inputs(make_inputs, lengths, indices, positions,
+                                      rungs),
+            "targets": train_targets[indices[positions]]})
+
+    # Every minibatch size splits over the processes in the same proportion.
+    processes_share = (settings.minibatch_size //
+                       len(distributed.process_rows(mesh, settings.minibatch_size)))
+
+    def global_batch(batch):
+        return sharding.to_global(
+            mesh, batch, 1,
+            global_rows=batch["targets"].shape[1] * processes_share)
+
     # Steps are numbered from 1 across epochs: those after `start` remain.
     remaining = [b for batches in epochs for b in batches][start:]
     _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
                    lengths, remaining)
     waste, pending = [], None
     for epoch, batches in enumerate(epochs):
-        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx))
+        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx,
+                                            rungs))
         for index, indices in enumerate(batches):
             step = epoch * steps_per_epoch + index + 1
             if step <= start:

@@ -174,7 +174,7 @@ def score(step, params, prompts: list[np.ndarray], *, num_classes: int,
                         make_inputs=loop.token_inputs(prompts, pad_id=pad_id,
                                                       max_ctx=max_ctx),
                         lengths=np.array([len(p) for p in prompts]),
-                        batch_size=batch_size, mesh=mesh,
+                        batch_size=batch_size, max_ctx=max_ctx, mesh=mesh,
                         num_classes=num_classes)
 
 

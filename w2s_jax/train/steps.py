@@ -38,6 +38,9 @@ class TrainSettings:
     eval_batch_size: int
     max_ctx: int
     log_every: int
+    # Shorter batches in minibatches of more rows, up to the tokens of
+    # minibatch_size rows at the longest length (loop.minibatch_rows).
+    minibatch_by_tokens: bool = True
 
 
 def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
