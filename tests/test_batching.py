@@ -74,8 +74,11 @@ def test_fewer_slots_than_the_ladder_on_real_length_spreads():
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(2.5, 0.5, 2048).astype(int), 2, 64)
     batches = batching.train_batches(lengths, batch_size=32, rng=rng)
-    rungs = batching.fit_rungs(lengths, batches, 64, quantum=1)
-    assert _slots(lengths, batches, 64, rungs) < 0.9 * _slots(lengths, batches, 64)
+    ladder = _slots(lengths, batches, 64)
+    for quantum in (1, 8):  # 8 is the default
+        rungs = batching.fit_rungs(lengths, batches, 64, quantum=quantum)
+        assert _slots(lengths, batches, 64, rungs) < 0.9 * ladder
+    assert all(r % 8 == 0 for r in batching.fit_rungs(lengths, batches, 64))
     same = np.full(64, 11)
     assert batching.fit_rungs(same, [np.arange(32), np.arange(32, 64)], 64,
                               quantum=1) == (11,)

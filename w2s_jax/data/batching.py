@@ -69,7 +69,7 @@ def padded_length(length: int, max_ctx: int,
 
 
 def fit_rungs(lengths: np.ndarray, batches: list[np.ndarray], max_ctx: int,
-              quantum: int | None = None) -> tuple[int, ...]:
+              quantum: int = 8) -> tuple[int, ...]:
     """The padded lengths for `batches` that waste the least padding, with
     no more of them than the ladder would use.
 
@@ -80,14 +80,16 @@ def fit_rungs(lengths: np.ndarray, batches: list[np.ndarray], max_ctx: int,
     lengths (each rung covers a run of them, and ends at its longest).
     With k the number of ladder rungs these batches reach, the ladder's own
     choice is one candidate, so this never pads more than the ladder does
-    nor compiles more shapes. `quantum` (None: 1 on CPU, 8 on accelerators,
-    whose tiles want lengths a multiple of 8) keeps every rung a multiple of
-    it. sst2 at 2048 examples, MiniLM's tokens: 5 rungs either way, 18%
-    fewer padded slots than the ladder's (bench/RESULTS.md 4f).
+    nor compiles more shapes.
+
+    `quantum` keeps every rung a multiple of it (or max_ctx). 8 suits
+    accelerators' tiles, and draws the rungs from few values, so the runs
+    of a seed sweep mostly pad to the same lengths and load each other's
+    compiled programs from the persistent cache (with 1, each seed's rungs
+    differ a little). On sst2's halves at 2048 examples, MiniLM's tokens,
+    it pads 9-16% fewer slots than the ladder, 1 pads 10-20% fewer
+    (bench/RESULTS.md 4f).
     """
-    if quantum is None:
-        import jax  # only here: the data pipeline itself needs no JAX
-        quantum = 1 if jax.default_backend() == "cpu" else 8
     longest = np.array([int(lengths[b].max()) for b in batches], np.int64)
     if not len(longest):
         return ()
