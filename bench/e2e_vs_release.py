@@ -12,7 +12,8 @@ batch's graph:
   (a) w2s_jax: `run.run(config, workdir)`, finetune mode, a fresh workdir,
       config.losses = "xent,logconf": the weak and ceiling stages are trained
       once and shared by both losses (the stage cache), batches are
-      length-bucketed and padded to a short ladder of lengths, steps are jit
+      length-bucketed and padded to a few lengths fitted to them, shorter
+      batches in minibatches of more rows (the same tokens), steps are jit
       compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
       keep-freed-memory setting only with W2S_KEEP_HOST_MEMORY=1), but
       without mid-stage checkpoints, which the release does not write.

@@ -87,7 +87,7 @@ def fit_rungs(lengths: np.ndarray, batches: list[np.ndarray], max_ctx: int,
     of a seed sweep mostly pad to the same lengths and load each other's
     compiled programs from the persistent cache (with 1, each seed's rungs
     differ a little). On sst2's halves at 2048 examples, MiniLM's tokens,
-    it pads 9-16% fewer slots than the ladder, 1 pads 10-20% fewer
+    it pads 8-16% fewer slots than the ladder, 1 pads 10-20% fewer
     (bench/RESULTS.md 4f).
     """
     longest = np.array([int(lengths[b].max()) for b in batches], np.int64)

@@ -209,7 +209,7 @@ class FeatureLearner:
         return stages.fingerprint(self.features[side][indices])
 
     def lengths(self, side: str, indices: np.ndarray) -> np.ndarray:
-        return np.ones(len(indices), np.int64)
+        return np.zeros(len(indices), np.int64)  # no tokens: nothing to pad
 
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
         feats = self.features[side][indices]

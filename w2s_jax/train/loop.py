@@ -133,13 +133,13 @@ def minibatch_rows(settings: TrainSettings, rungs: tuple[int, ...]) -> dict:
     wider and the per-minibatch costs (the embedding gradient's zero fill
     and sum, the confidence loss's extra forward pass over the whole batch,
     which a single minibatch does not need) are paid fewer times. Memory
-    stays that of the longest rung's minibatch. Without it, or for
-    features (no length), every batch takes minibatch_size rows.
+    stays that of the longest rung's minibatch. Without it every batch
+    takes minibatch_size rows.
     """
     size, batch = settings.minibatch_size, settings.batch_size
     if not settings.minibatch_by_tokens or not rungs:
         return {r: size for r in rungs}
-    budget = size * max(rungs)
+    budget = size * max(rungs)  # 0 for features: the whole batch fits
     fits = [r for r in range(size, batch + 1, size) if batch % r == 0]
     return {length: max(r for r in fits if r * length <= budget)
             for length in rungs}
@@ -292,7 +292,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                                settings.max_ctx)
 
     rows_at = minibatch_rows(settings, rungs)
-    if max(rungs) > 1:  # not features, which have no length
+    if max(rungs) > 0:  # not features, which have no tokens
         line = f"[{name}] batches padded to {', '.join(map(str, rungs))} tokens"
         if len(set(rows_at.values())) > 1:
             line += (f", in minibatches of "
