@@ -82,3 +82,33 @@ def test_fewer_slots_than_the_ladder_on_real_length_spreads():
     same = np.full(64, 11)
     assert batching.fit_rungs(same, [np.arange(32), np.arange(32, 64)], 64,
                               quantum=1) == (11,)
+
+
+def test_every_batch_pads_to_one_of_its_rungs():
+    """Also past max_ctx (loop.finetune takes any lengths): the fitted
+    rungs hold every batch's longest example, and padded_length picks one."""
+    longest = [150, 151, 33, 40, 48, 49]
+    lengths = np.array(longest)
+    batches = [np.array([i]) for i in range(len(longest))]
+    rungs = batching.fit_rungs(lengths, batches, 100)
+    for n in longest:
+        assert batching.padded_length(n, 100, rungs) in rungs
+        assert batching.padded_length(n, 100, rungs) >= n
+
+
+def test_eval_rungs_cover_every_set_with_the_ladders_count():
+    """One predict step's sets (test, validation, training examples) share
+    one set of rungs: no more than the ladder's shapes over all of them."""
+    rng = np.random.default_rng(4)
+    sets = [rng.integers(1, 200, n) for n in (1000, 400, 2048)]
+    rungs = batching.eval_rungs(sets, 64, 512)
+    shapes, ladder = set(), set()
+    for lengths in sets:
+        for b in batching.eval_batches(lengths, batch_size=64):
+            shapes.add(batching.padded_length(int(lengths[b].max()), 512, rungs))
+            ladder.add(batching.padded_length(int(lengths[b].max()), 512))
+    assert shapes == set(rungs) and len(shapes) <= len(ladder)
+    # Fitted per set instead, the step would meet more shapes.
+    per_set = {r for lengths in sets for r in batching.fit_rungs(
+        lengths, batching.eval_batches(lengths, batch_size=64), 512)}
+    assert len(per_set) > len(shapes)

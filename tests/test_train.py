@@ -144,14 +144,15 @@ def _expected_give_backs(shapes):
     return events + ["give back"]
 
 
-def _mixed_lengths(seed, record, devices):
-    """64 random token sequences of 3-59 tokens (several length buckets)
-    and a zero-headed tiny GPT-2 on `devices`: (module, params, lengths,
-    make_inputs, mesh); make_inputs calls record(padded inputs) per batch."""
+def _mixed_lengths(seed, record, devices, sizes=None):
+    """64 random token sequences of 3-59 tokens (several length buckets;
+    `sizes`: their lengths instead) and a zero-headed tiny GPT-2 on
+    `devices`: (module, params, lengths, make_inputs, mesh); make_inputs
+    calls record(padded inputs) per batch."""
     model = registry.resolve("tiny-gpt2-random")
     rng = np.random.default_rng(seed)
-    ids = [rng.integers(0, 256, n).astype(np.int32)
-           for n in rng.integers(3, 60, 64)]
+    sizes = rng.integers(3, 60, 64) if sizes is None else sizes
+    ids = [rng.integers(0, 256, n).astype(np.int32) for n in sizes]
     pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
 
     def make_inputs(indices, rows, rungs):
@@ -273,17 +274,31 @@ def test_minibatch_rows_by_length():
     assert set(loop.minibatch_rows(fixed, rungs).values()) == {8}
 
 
+# (batch, lengths, devices, rows per minibatch by tokens): batches of 16,
+# the short ones in one minibatch of 16 rows, on one device; batches of 32,
+# the short one (17-30 tokens, padded to 32; 8 x 64 tokens fit) in two
+# minibatches of 16 rows, on 8 devices (2 rows each; 1 at 8 rows).
+BY_TOKENS_CASES = {
+    "one device, batch 16": (16, None, 1, {8, 16}),
+    "8 devices, batch 32": (32, np.concatenate([np.arange(17, 31).repeat(3)[:32],
+                                                np.arange(33, 65)]),
+                            8, {8, 16}),
+}
+
+
 @pytest.mark.parametrize("loss_name", ["xent", "logconf"])
-def test_minibatches_by_tokens_train_as_fixed_minibatches(loss_name):
+@pytest.mark.parametrize("case", list(BY_TOKENS_CASES))
+def test_minibatches_by_tokens_train_as_fixed_minibatches(loss_name, case):
     """Whatever the rows per minibatch, a step's loss is the whole batch's
     (the confidence loss's hardening included): training with minibatches
     by tokens ends where fixed minibatches of 8 end, while the step really
     ran minibatches of 16 rows for the short batches."""
+    batch_size, sizes, n_devices, rows_by_tokens = BY_TOKENS_CASES[case]
     results = {}
     for by_tokens in (True, False):
         shapes = set()
         module, params, lengths, make_inputs, mesh = _mixed_lengths(
-            2, lambda inputs: None, jax.devices()[:1])
+            2, lambda inputs: None, jax.devices()[:n_devices], sizes)
         module_forward = steps.module_forward(module)
 
         def forward(params, inputs):  # a minibatch's [rows, L], at trace
@@ -294,7 +309,8 @@ def test_minibatches_by_tokens_train_as_fixed_minibatches(loss_name):
             name="t", forward=forward, params=params, make_inputs=make_inputs,
             lengths=lengths, train_targets=targets,
             settings=_settings(epochs=2, minibatch_by_tokens=by_tokens,
-                               lr_schedule="constant", lr=1e-4),
+                               batch_size=batch_size, lr_schedule="constant",
+                               lr=1e-4),
             loss=losses.get_loss(loss_name),
             loss_params=LOSS_PARAMS if loss_name == "logconf" else {},
             mesh=mesh, seed=0)
@@ -302,7 +318,20 @@ def test_minibatches_by_tokens_train_as_fixed_minibatches(loss_name):
     (p_tok, curve_tok, shapes_tok), (p_fix, curve_fix, shapes_fix) = (
         results[True], results[False])
     assert {rows for rows, _ in shapes_fix} == {8}
-    assert {rows for rows, _ in shapes_tok} == {8, 16}
+    assert {rows for rows, _ in shapes_tok} == rows_by_tokens
     np.testing.assert_allclose(curve_tok, curve_fix, rtol=1e-5, atol=1e-6)
     assert _max_diff(p_tok, p_fix) < 1e-5
     assert not np.allclose(curve_fix[0], curve_fix[-1]), "nothing trained"
+
+
+def test_stage_key_leaves_out_the_default_minibatch_split():
+    """A stage's key has the settings that change what is learned: not
+    log_every, and minibatch_by_tokens only when off (its default, which
+    changes rounding only, keeps the keys stages had before it existed)."""
+    before = {"lr", "head_lr", "batch_size", "minibatch_size", "epochs",
+              "lr_schedule", "warmup_steps", "weight_decay",
+              "eval_batch_size", "max_ctx"}
+    assert set(_settings().key_fields()) == before
+    off = _settings(minibatch_by_tokens=False).key_fields()
+    assert set(off) == before | {"minibatch_by_tokens"}
+    assert off["minibatch_by_tokens"] is False

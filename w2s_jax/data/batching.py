@@ -1,11 +1,12 @@
 """Tokenized examples -> fixed-shape, length-bucketed, padded batches.
 
 Shapes are what jit compiles for, so a pass over a set of batches pads them
-to a few lengths only ("rungs"): by default a short geometric ladder (each
-rung at most 1.5x the one below), at most a third of a batch wasted on
-padding, usually far less because batches are formed from examples of
-similar length. `fit_rungs` picks, for the batches at hand, the rungs that
-waste the least padding with no more rungs (so compiles) than the ladder.
+to a few lengths only ("rungs"). The fixed ladder (each rung at most 1.5x
+the one below) wastes at most a third of a batch, usually far less because
+batches are formed from examples of similar length. `fit_rungs` picks, for
+the batches at hand, the rungs that waste the least padding in all, with
+no more rungs (so compiles) than the ladder: one batch may get more
+padding than under the ladder, but the pass as a whole never does.
 """
 from __future__ import annotations
 
@@ -60,9 +61,12 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], *, max_ctx: int,
 
 def padded_length(length: int, max_ctx: int,
                   rungs: tuple[int, ...] | None = None) -> int:
-    """The smallest rung (of `rungs`, default the ladder) that holds
-    `length`, capped at max_ctx; a length past every rung is its own."""
-    for rung in _LADDER if rungs is None else rungs:
+    """The smallest of `rungs` (fit_rungs's, which are capped already) that
+    holds `length`; without them the ladder's, capped at max_ctx. A length
+    past every rung is its own."""
+    if rungs is not None:
+        return next((rung for rung in rungs if rung >= length), length)
+    for rung in _LADDER:
         if rung >= length:
             return min(rung, max(max_ctx, length))
     return length
@@ -86,11 +90,27 @@ def fit_rungs(lengths: np.ndarray, batches: list[np.ndarray], max_ctx: int,
     accelerators' tiles, and draws the rungs from few values, so the runs
     of a seed sweep mostly pad to the same lengths and load each other's
     compiled programs from the persistent cache (with 1, each seed's rungs
-    differ a little). On sst2's halves at 2048 examples, MiniLM's tokens,
-    it pads 8-16% fewer slots than the ladder, 1 pads 10-20% fewer
+    differ a little). On 2048-example slices of sst2, MiniLM's tokens, it
+    pads 8-16% fewer slots than the ladder, 1 pads 10-20% fewer
     (bench/RESULTS.md 4f).
     """
-    longest = np.array([int(lengths[b].max()) for b in batches], np.int64)
+    return _fit([int(lengths[b].max()) for b in batches], max_ctx, quantum)
+
+
+def eval_rungs(length_sets: list[np.ndarray], batch_size: int, max_ctx: int,
+               quantum: int = 8) -> tuple[int, ...]:
+    """fit_rungs for the eval batches (eval_batches) of several sets that
+    one prediction step runs on (a stage's test set, validation slice and
+    training examples): one set of rungs, so the step compiles no more
+    shapes for all of them than the ladder would."""
+    return _fit([int(lengths[b].max()) for lengths in length_sets
+                 for b in eval_batches(lengths, batch_size=batch_size)],
+                max_ctx, quantum)
+
+
+def _fit(longest: list[int], max_ctx: int, quantum: int) -> tuple[int, ...]:
+    """fit_rungs on the batches' longest lengths."""
+    longest = np.array(longest, np.int64)
     if not len(longest):
         return ()
     k = len({padded_length(int(n), max_ctx) for n in longest})

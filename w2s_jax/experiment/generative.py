@@ -58,8 +58,7 @@ def generative_stage(ctx, index: int, settings: steps.TrainSettings,
     settings = dataclasses.replace(settings, epochs=gen.epochs,
                                    lr=gen.lr or settings.lr, head_lr=None)
     spec = {"learner": learner_spec,
-            "train": {k: v for k, v in dataclasses.asdict(settings).items()
-                      if k != "log_every"},
+            "train": settings.key_fields(),
             "loss": generative.NEXT_TOKEN.name, "loss_params": {},
             "seed": config.seed, "text": gen.text,
             "train_data": [stages.fingerprint(*ids)],

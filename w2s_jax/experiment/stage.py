@@ -16,13 +16,13 @@ experiment/early_stopping.py for the three answers read from them.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 
 from w2s_jax.core import metric_writers, sharding, stages
 from w2s_jax.core.progress import log
+from w2s_jax.data import batching
 from w2s_jax.experiment import early_stopping
 from w2s_jax.report import metrics
 from w2s_jax.train import features, loop, losses, memory, steps
@@ -63,8 +63,7 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
     spec = {
         "learner": learner.spec,
         # How often progress is printed does not change what is computed.
-        "train": {k: v for k, v in dataclasses.asdict(settings).items()
-                  if k != "log_every"},
+        "train": settings.key_fields(),
         "loss": loss_name, "loss_params": loss_params, "seed": config.seed,
         "train_data": [learner.fingerprint("train", train_idx),
                        stages.fingerprint(targets)],
@@ -85,17 +84,24 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
         predict_step = steps.make_predict_step(
             forward, ctx.mesh, param_shardings=sharding.shardings_of(params))
 
+        val_idx = None if val is None else train_idx[val.held_out]
+        # One set of padded lengths for every set this stage's predict step
+        # runs on, so it compiles as few shapes as the ladder would.
+        rungs = batching.eval_rungs(
+            [learner.lengths(side, idx) for side, idx, _ in predict_sets.values()]
+            + ([] if val is None else [learner.lengths("train", val_idx)]),
+            settings.eval_batch_size, settings.max_ctx)
+
         def predict_probs(params, side, idx):
             return loop.predict(
                 predict_step, params, make_inputs=learner.inputs(side, idx),
                 lengths=learner.lengths(side, idx),
                 batch_size=settings.eval_batch_size, max_ctx=settings.max_ctx,
-                mesh=ctx.mesh, num_classes=num_classes)
+                mesh=ctx.mesh, num_classes=num_classes, rungs=rungs)
 
         evals_dir = os.path.join(inprogress_dir, "evals")
         on_eval = None
         if val is not None:
-            val_idx = train_idx[val.held_out]
             val_labels = targets[val.held_out].argmax(-1)
 
             def on_eval(step, params):

@@ -29,10 +29,12 @@ def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
 
 
 def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
-            batch_size: int, max_ctx: int, mesh, num_classes: int) -> np.ndarray:
+            batch_size: int, max_ctx: int, mesh, num_classes: int,
+            rungs: tuple[int, ...] | None = None) -> np.ndarray:
     """Class probabilities [N, K] in the original example order, from
-    length-sorted batches padded to the rungs fitted to them
-    (batching.fit_rungs).
+    length-sorted batches padded to `rungs` (default: fitted to these
+    batches, batching.fit_rungs; a step that predicts several sets takes
+    batching.eval_rungs of all of them, so it compiles fewer shapes).
 
     After a call that compiled (a batch shape new to `predict_step`), and at
     the end of a pass that compiled, free host memory is given back
@@ -43,7 +45,8 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
     positions = distributed.process_rows(mesh, batch_size)
     compiled = False
     batches = batching.eval_batches(lengths, batch_size=batch_size)
-    rungs = batching.fit_rungs(lengths, batches, max_ctx)
+    if rungs is None:
+        rungs = batching.fit_rungs(lengths, batches, max_ctx)
     for indices in batches:
         inputs = sharding.to_global(
             mesh, _process_inputs(make_inputs, lengths, indices, positions,
@@ -171,7 +174,8 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
              ) -> tuple[Any, dict]:
     """Train on (inputs, soft targets); returns the final params and a record.
 
-    `make_inputs(indices, rows)` builds the numpy inputs of a batch;
+    `make_inputs(indices, rows, rungs)` builds the numpy inputs of a batch,
+    padded to one of `rungs` (batching.padded_length);
     `lengths` (tokens per example) groups similar lengths into batches.
     With `checkpoint_dir`, training resumes from the latest checkpoint there
     and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
@@ -201,6 +205,7 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
         param_shardings=sharding.shardings_of(state["params"]),
         frozen_shardings=(None if frozen is None
                           else sharding.shardings_of(frozen)))
+    # With minibatches by tokens, this split is the longest batches'.
     log(f"[{name}] {n_examples} examples, {settings.epochs} epochs, "
         f"{total_steps} steps of {settings.batch_size} "
         f"({n_micro} x {settings.minibatch_size}), lr {settings.lr:g}, "

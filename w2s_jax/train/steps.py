@@ -42,6 +42,18 @@ class TrainSettings:
     # minibatch_size rows at the longest length (loop.minibatch_rows).
     minibatch_by_tokens: bool = True
 
+    def key_fields(self) -> dict:
+        """The settings that key a stage (core/stages.py). Not log_every,
+        which changes only what is printed; minibatch_by_tokens only when
+        off, so stages keep the keys they had before it existed: the split
+        changes rounding only (the loss is the whole batch's either way,
+        tests/test_train.py)."""
+        fields = dataclasses.asdict(self)
+        del fields["log_every"]
+        if fields["minibatch_by_tokens"]:
+            del fields["minibatch_by_tokens"]
+        return fields
+
 
 def build_classifier(model: registry.ResolvedModel, *, num_classes: int,
                      linear_probe: bool, head_init: str, pooling: str = "last",
