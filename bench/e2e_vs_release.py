@@ -11,10 +11,10 @@ batch's graph:
 
   (a) w2s_jax: `run.run(config, workdir)`, finetune mode, a fresh workdir,
       config.losses = "xent,logconf": the weak and ceiling stages are trained
-      once and shared by both losses (the stage cache), batches are
-      length-bucketed and padded to a few lengths fitted to them, shorter
-      batches in minibatches of more rows (the same tokens), steps are jit
-      compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
+      once and shared by both losses (the stage cache), training batches
+      are drawn at random and packed several examples to a row
+      (data/packing.py), prediction batches length-bucketed and padded to
+      a few lengths fitted to them, steps are jit compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
       keep-freed-memory setting only with W2S_KEEP_HOST_MEMORY=1), but
       without mid-stage checkpoints, which the release does not write.
   (b) the release's way: PyTorch/HF, batches padded to their longest
@@ -81,6 +81,8 @@ def make_config(shape: dict):
     config.train.epochs = shape["epochs"]
     config.train.batch_size = BATCH
     config.train.minibatch_size = shape.get("minibatch", MINIBATCH)
+    # "pack": false in a --side-a shape: the padded, length-grouped trainer.
+    config.train.pack = shape.get("pack", True)
     config.train.eval_batch_size = EVAL_BATCH
     config.train.log_every = 1000
     config.logs.tensorboard = False  # no event files; the release writes none
@@ -119,6 +121,23 @@ def side_a(shape: dict, out_path: str) -> None:
         return inputs
 
     loop._process_inputs = counting
+    from w2s_jax.data import packing
+    original_pack = packing.pack
+
+    def counting_pack(ids, indices, *, rows, length, pad_id):
+        # A packed training minibatch (loop.token_inputs calls packing.pack).
+        inputs = original_pack(ids, indices, rows=rows, length=length,
+                               pad_id=pad_id)
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "_compile_ahead":
+                return inputs  # built only for its shape, never run
+            frame = frame.f_back
+        tokens["train_real"] += int(sum(len(ids[i]) for i in indices))
+        tokens["train_padded"] += rows * length
+        return inputs
+
+    packing.pack = counting_pack
     # Seconds inside finetune (first step includes its jit compile) and
     # predict calls; the rest of the wall is imports, setup, stage cache.
     seconds = {"finetune": 0.0, "predict": 0.0, "finetune_calls": 0,

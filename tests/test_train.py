@@ -144,21 +144,24 @@ def _expected_give_backs(shapes):
     return events + ["give back"]
 
 
-def _mixed_lengths(seed, record, devices, sizes=None):
+def _mixed_lengths(seed, record, devices, sizes=None, packable=False):
     """64 random token sequences of 3-59 tokens (several length buckets;
     `sizes`: their lengths instead) and a zero-headed tiny GPT-2 on
     `devices`: (module, params, lengths, make_inputs, mesh); make_inputs
-    calls record(padded inputs) per batch."""
+    calls record(padded inputs) per batch and, `packable`, can pack them
+    (loop.token_inputs)."""
     model = registry.resolve("tiny-gpt2-random")
     rng = np.random.default_rng(seed)
     sizes = rng.integers(3, 60, 64) if sizes is None else sizes
     ids = [rng.integers(0, 256, n).astype(np.int32) for n in sizes]
-    pad = loop.token_inputs(ids, pad_id=0, max_ctx=64)
+    pad = loop.token_inputs(ids, pad_id=0, max_ctx=64, packable=packable)
 
     def make_inputs(indices, rows, rungs):
         inputs = pad(indices, rows, rungs)
         record(inputs)
         return inputs
+    if packable:
+        make_inputs.pack = pad.pack
     mesh = sharding.make_mesh({"data": -1}, devices=devices)
     module = steps.build_classifier(model, num_classes=2, linear_probe=False,
                                     head_init="zeros")
@@ -335,3 +338,5 @@ def test_stage_key_leaves_out_the_default_minibatch_split():
     off = _settings(minibatch_by_tokens=False).key_fields()
     assert set(off) == before | {"minibatch_by_tokens"}
     assert off["minibatch_by_tokens"] is False
+    # Packed stages train on other (random) batches: keyed apart.
+    assert _settings(pack=True).key_fields()["pack"] is True

@@ -210,6 +210,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Batches shorter than a stage's longest take minibatches of more rows,
     # up to the same tokens (memory) as minibatch_size rows at the longest.
     config.train.minibatch_by_tokens = True
+    # Train with several examples per row, each attending to itself only
+    # (w2s_jax/data/packing.py): no padding between short examples, the
+    # same logits up to rounding.
+    config.train.pack = True
     config.train.epochs = 2
     config.train.lr_schedule = "cosine"  # cosine decay to 0 over all steps
     config.train.warmup_steps = 0

@@ -118,10 +118,10 @@ def _fit(longest: list[int], max_ctx: int, quantum: int) -> tuple[int, ...]:
     rounded = np.minimum(-(-longest // quantum) * quantum,
                          [padded_length(int(n), max_ctx) for n in longest])
     values, counts = np.unique(rounded, return_counts=True)
-    return _best_rungs(values, counts, k)
+    return best_rungs(values, counts, k)
 
 
-def _best_rungs(values: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ...]:
+def best_rungs(values: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ...]:
     """At most k of `values` (sorted, distinct) minimising the sum over
     items of the smallest chosen value >= the item's value (`counts` items
     per value); the largest value is always chosen."""
@@ -145,15 +145,20 @@ def _best_rungs(values: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ..
 
 
 def train_batches(lengths: np.ndarray, *, batch_size: int,
-                  rng: np.random.Generator) -> list[np.ndarray]:
+                  rng: np.random.Generator,
+                  by_length: bool = True) -> list[np.ndarray]:
     """One epoch of index batches: shuffled, length-grouped, remainder dropped.
 
     Dropping the remainder keeps every step's batch exactly `batch_size`,
-    which the confidence loss's batch statistics assume.
+    which the confidence loss's batch statistics assume. Without
+    `by_length` the batches are simply shuffled, as the paper's code draws
+    them: packed rows (data/packing.py) need no grouping by length.
     """
     order = rng.permutation(len(lengths))
     n_batches = len(order) // batch_size
     order = order[:n_batches * batch_size]
+    if not by_length:
+        return np.split(order, n_batches) if n_batches else []
     window = batch_size * _SORT_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):

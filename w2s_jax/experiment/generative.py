@@ -55,8 +55,10 @@ def generative_stage(ctx, index: int, settings: steps.TrainSettings,
     gen = config.generative
     ids = lm_texts(ctx, index, gen.text)
     heldout = ctx.tokens.ids[index]["test"][:HELDOUT_EXAMPLES]
+    # The next-token loss trains on padded rows (packing is a classifier's).
     settings = dataclasses.replace(settings, epochs=gen.epochs,
-                                   lr=gen.lr or settings.lr, head_lr=None)
+                                   lr=gen.lr or settings.lr, head_lr=None,
+                                   pack=False)
     spec = {"learner": learner_spec,
             "train": settings.key_fields(),
             "loss": generative.NEXT_TOKEN.name, "loss_params": {},

@@ -244,7 +244,10 @@ def _settings(model, model_cfg, config, mode) -> steps.TrainSettings:
         weight_decay=train_cfg.weight_decay,
         eval_batch_size=train_cfg.eval_batch_size, max_ctx=config.max_ctx,
         log_every=train_cfg.log_every,
-        minibatch_by_tokens=train_cfg.minibatch_by_tokens)
+        minibatch_by_tokens=train_cfg.minibatch_by_tokens,
+        # Packing is for a classifier's tokens, not candidates or features
+        # (README "Packed training rows").
+        pack=train_cfg.pack and mode == "finetune")
 
 
 def _check_divisible(config, mesh) -> None:

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from w2s_jax.core import sharding
 from w2s_jax.models.layers import (
-    ENCODER_MLP_MAP, EncoderLayer, check_encoder_fields, check_model_type, embed, key_mask,
-    layer_norm, linear_rows, norm_rows,
+    ENCODER_MLP_MAP, EncoderLayer, attention_allowed, check_encoder_fields, check_model_type,
+    embed, layer_norm, linear_rows, norm_rows,
 )
 
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -77,7 +77,9 @@ class BertBackbone(nn.Module):
     Inputs must be RIGHT-padded: positions are arange(L), so only then do the
     real tokens sit where they would in an unpadded pass. Token types are all
     0 (single-segment inputs, as sentence encoders are used). `remat` names a
-    sharding.REMAT_POLICIES entry, applied to every layer.
+    sharding.REMAT_POLICIES entry, applied to every layer. With `positions`
+    the rows are packed (layers.attention_allowed): attention_mask holds
+    segment ids.
     """
 
     config: BertConfig
@@ -85,18 +87,20 @@ class BertBackbone(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
         x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings",
                   ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.max_position_embeddings, cfg.hidden_size, self.dtype,
-                      "position_embeddings", ("positions", "embed"))(jnp.arange(length)[None, :])
+                      "position_embeddings", ("positions", "embed"))(
+            jnp.arange(length)[None, :] if positions is None else positions)
         x = x + embed(cfg.type_vocab_size, cfg.hidden_size, self.dtype,
                       "token_type_embeddings", ("positions", "embed"))(
             jnp.zeros((1, length), jnp.int32))
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "embeddings_norm")(x)
-        allowed = key_mask(attention_mask)
+        allowed = attention_allowed(attention_mask, packed=positions is not None)
         layer = sharding.remat_block(EncoderLayer, self.remat)
         for i in range(cfg.num_hidden_layers):
             x = layer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, None)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.core import sharding
+from w2s_jax.models import layers
 
 HEAD_INITS = {
     "zeros": nn.initializers.zeros,
@@ -49,6 +50,28 @@ def pool_first_token(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
 POOLINGS = {"last": pool_last_token, "mean": pool_mean, "first": pool_first_token}
 
 
+def pool_segments(hidden: jax.Array, segments: jax.Array,
+                  example_segments: jax.Array, pooling: str) -> jax.Array:
+    """POOLINGS[pooling] of each example of packed rows: [E, D].
+
+    `segments` [B, L] holds each token's segment id (0: padding), each
+    example one contiguous run; example j's id is example_segments[j], and
+    ids run from 1 to E. Its last, first or mean hidden state is that of
+    its own tokens, as pooling it alone in a row of its own would give.
+    """
+    batch, length, dim = hidden.shape
+    flat, seg = hidden.reshape(batch * length, dim), segments.reshape(-1)
+    count = example_segments.shape[0] + 1  # segment 0 (padding) included
+    if pooling == "mean":
+        sums = jax.ops.segment_sum(flat, seg, num_segments=count)
+        sizes = jax.ops.segment_sum(jnp.ones_like(seg, hidden.dtype), seg,
+                                    num_segments=count)
+        return (sums / jnp.maximum(sizes, 1)[:, None])[example_segments]
+    reduce = jax.ops.segment_max if pooling == "last" else jax.ops.segment_min
+    at = reduce(jnp.arange(batch * length), seg, num_segments=count)
+    return flat[at[example_segments]]
+
+
 class Classifier(nn.Module):
     """logits [B, num_classes] (float32) = head(pool_last_token(backbone(...))).
 
@@ -80,9 +103,19 @@ class Classifier(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = self.backbone(input_ids, attention_mask).astype(jnp.float32)
-        pooled = POOLINGS[self.pooling](hidden, attention_mask)
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 example_segments: jax.Array | None = None) -> jax.Array:
+        """With `example_segments` [E] the rows are packed (batching.pack):
+        attention_mask holds segment ids, and the logits are [E, K], one
+        row per example."""
+        if example_segments is None:
+            hidden = self.backbone(input_ids, attention_mask).astype(jnp.float32)
+            pooled = POOLINGS[self.pooling](hidden, attention_mask)
+        else:
+            hidden = self.backbone(input_ids, attention_mask,
+                                   layers.segment_positions(attention_mask))
+            pooled = pool_segments(hidden.astype(jnp.float32), attention_mask,
+                                   example_segments, self.pooling)
         if self.linear_probe:
             pooled = jax.lax.stop_gradient(pooled)
         head = nn.Dense(

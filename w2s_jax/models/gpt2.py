@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from w2s_jax.core import sharding
-from w2s_jax.models.layers import ACTIVATIONS, check_model_type, dense, embed, key_mask, layer_norm
+from w2s_jax.models.layers import (
+    ACTIVATIONS, attention_allowed, check_model_type, dense, embed, layer_norm,
+)
 
 SUPPORTED_MODEL_TYPES = ("gpt2",)
 
@@ -129,6 +131,8 @@ class GPT2Backbone(nn.Module):
     real tokens of every row sit at positions 0..n-1, exactly as in an
     unpadded forward pass. Left padding would shift them and change outputs.
     `remat` names a sharding.REMAT_POLICIES entry, applied to every block.
+    With `positions` the rows are packed (layers.attention_allowed):
+    attention_mask holds segment ids.
     """
 
     config: GPT2Config
@@ -136,18 +140,20 @@ class GPT2Backbone(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
         x = embed(cfg.vocab_size, cfg.n_embd, self.dtype, "wte", ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.n_positions, cfg.n_embd, self.dtype, "wpe", ("positions", "embed"))(
-            jnp.arange(length)[None, :]
+            jnp.arange(length)[None, :] if positions is None else positions
         )
         # A query may attend to a key iff the key is not in its future and is
         # a real token. Padding queries still get a valid row; their outputs
         # are meaningless and must be ignored by the caller (pooling does).
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        allowed = causal[None, None] & key_mask(attention_mask)
+        allowed = causal[None, None] & attention_allowed(attention_mask,
+                                                     packed=positions is not None)
         block = sharding.remat_block(GPT2Block, self.remat)
         for i in range(cfg.n_layer):
             x = block(cfg, self.dtype, name=f"h_{i}")(x, allowed)

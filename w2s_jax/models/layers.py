@@ -149,6 +149,33 @@ def key_mask(attention_mask: jax.Array) -> jax.Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
+# Packed rows (batching.pack) hold several examples each: their
+# attention_mask is the segment id of each token (0: padding, each example's
+# tokens one contiguous run of its own id), and the classifier passes the
+# backbone `positions` counted from each segment's start. A backbone given
+# positions attends within segments only, so every example sees exactly the
+# tokens and positions it would see alone in a row of its own.
+
+
+def segment_positions(segments: jax.Array) -> jax.Array:
+    """[B, L] segment ids -> each token's position within its (contiguous)
+    segment: its index minus the index where its run of equal ids began."""
+    index = jnp.arange(segments.shape[1])[None, :]
+    starts = jnp.concatenate([jnp.ones_like(segments[:, :1], dtype=bool),
+                              segments[:, 1:] != segments[:, :-1]], axis=1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
+def attention_allowed(attention_mask: jax.Array, packed: bool) -> jax.Array:
+    """Boolean (query, key) mask: [B, 1, 1, L] (key_mask) for one example
+    per row; packed, [B, 1, L, L]: a query sees the real keys of its own
+    segment only."""
+    if not packed:
+        return key_mask(attention_mask)
+    same = attention_mask[:, :, None] == attention_mask[:, None, :]
+    return (same & (attention_mask > 0)[:, None, :])[:, None]
+
+
 class EncoderAttention(nn.Module):
     """Bidirectional multi-head attention with separate q/k/v/out projections.
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from w2s_jax.core import sharding
-from w2s_jax.models.layers import check_model_type, dense, embed, key_mask
+from w2s_jax.models.layers import attention_allowed, check_model_type, dense, embed
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 # HF's ACT2FN names for SiLU; the gated MLP is only defined for it here.
@@ -196,8 +196,8 @@ def _rotate_half(x: jax.Array) -> jax.Array:
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [B, L, H, D]; cos/sin [L, D]."""
-    return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+    """x [B, L, H, D]; cos/sin [L, D], or [B, L, D] (packed rows)."""
+    return x * cos[..., None, :] + _rotate_half(x) * sin[..., None, :]
 
 
 def _rms_norm(config: LlamaConfig, dtype: Any, name: str) -> nn.RMSNorm:
@@ -286,6 +286,8 @@ class LlamaBackbone(nn.Module):
     Inputs must be RIGHT-padded: position ids are arange(L), so each row's
     real tokens sit at positions 0..n-1 exactly as in an unpadded pass.
     `remat` names a sharding.REMAT_POLICIES entry, applied to every block.
+    With `positions` the rows are packed (layers.attention_allowed):
+    attention_mask holds segment ids.
     """
 
     config: LlamaConfig
@@ -293,20 +295,23 @@ class LlamaBackbone(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
         x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "embed_tokens",
                   ("vocab", "embed"))(input_ids)
         # Angles in float32 whatever the compute dtype (as HF does): bf16
         # positions would already be wrong past 256.
-        angles = jnp.arange(length, dtype=jnp.float32)[:, None] * rope_inv_freq(cfg)[None, :]
+        at = jnp.arange(length) if positions is None else positions
+        angles = at.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
         angles = jnp.concatenate([angles, angles], axis=-1)
         cos, sin = jnp.cos(angles).astype(self.dtype), jnp.sin(angles).astype(self.dtype)
         # A query may attend to a key iff the key is not in its future and is
         # a real token; padding queries' outputs are garbage the pooling skips.
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        allowed = causal[None, None, None] & key_mask(attention_mask)[:, None]
+        allowed = causal[None, None, None] & attention_allowed(
+            attention_mask, packed=positions is not None)[:, None]
         block = sharding.remat_block(LlamaBlock, self.remat)
         for i in range(cfg.num_hidden_layers):
             x = block(cfg, self.dtype, name=f"layers_{i}")(x, cos, sin, allowed)

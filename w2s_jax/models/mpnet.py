@@ -19,8 +19,8 @@ import numpy as np
 
 from w2s_jax.core import sharding
 from w2s_jax.models.layers import (
-    ENCODER_MLP_MAP, EncoderLayer, check_encoder_fields, check_model_type, embed, key_mask,
-    layer_norm, linear_rows, norm_rows,
+    ENCODER_MLP_MAP, EncoderLayer, attention_allowed, check_encoder_fields, check_model_type,
+    embed, layer_norm, linear_rows, norm_rows,
 )
 
 SUPPORTED_MODEL_TYPES = ("mpnet",)
@@ -108,7 +108,9 @@ class MPNetBackbone(nn.Module):
     As in HF, positions come from the ids, not the mask: a real token equal
     to the pad id gets the pad position and is skipped when counting later
     tokens' positions. `remat` names a sharding.REMAT_POLICIES entry, applied
-    to every layer.
+    to every layer. With `positions` (each token's index in its segment) the
+    rows are packed (layers.attention_allowed): attention_mask holds segment
+    ids, and the counting starts again at each segment.
     """
 
     config: MPNetConfig
@@ -116,12 +118,20 @@ class MPNetBackbone(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         length = input_ids.shape[1]
         # fairseq-style positions: real tokens count from pad+1, pads get pad.
         not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-        positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+        counted = jnp.cumsum(not_pad, axis=1)
+        packed = positions is not None
+        if packed:  # minus what the row counted before the segment
+            before = jnp.arange(length)[None, :] - positions - 1
+            counted = counted - jnp.where(
+                before >= 0,
+                jnp.take_along_axis(counted, jnp.maximum(before, 0), axis=1), 0)
+        positions = counted * not_pad + cfg.pad_token_id
         x = embed(cfg.vocab_size, cfg.hidden_size, self.dtype, "word_embeddings",
                   ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.max_position_embeddings, cfg.hidden_size, self.dtype,
@@ -132,7 +142,9 @@ class MPNetBackbone(nn.Module):
                      "relative_attention_bias", ("positions", "heads"))(
             jnp.asarray(relative_position_buckets(length)))
         bias = bias.transpose(2, 0, 1)[None]
-        allowed = key_mask(attention_mask)
+        # Within a segment, index offsets are position offsets: the arange
+        # bias above holds for packed rows too.
+        allowed = attention_allowed(attention_mask, packed=packed)
         layer = sharding.remat_block(EncoderLayer, self.remat)
         for i in range(cfg.num_hidden_layers):
             x = layer(cfg, self.dtype, name=f"layer_{i}")(x, allowed, bias)

@@ -69,7 +69,7 @@ class TokenLearner:
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
         return loop.token_inputs([self.ids[side][i] for i in indices],
                                   pad_id=self.model.tokenizer.pad_id,
-                                  max_ctx=self.settings.max_ctx)
+                                  max_ctx=self.settings.max_ctx, packable=True)
 
     def build(self, num_classes: int):
         cfg = self.model_config

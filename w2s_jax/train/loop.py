@@ -13,18 +13,28 @@ from w2s_jax.core import (checkpoint, distributed, host_memory,
                           metric_writers, sharding)
 from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
-from w2s_jax.data import batching
+from w2s_jax.data import batching, packing
 from w2s_jax.core.progress import Progress, log
 from w2s_jax.train.steps import (TrainSettings, init_state, join_trainable,
                                  lr_schedule, make_optimizer, make_train_step)
 
 
-def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int):
+def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int,
+                 packable: bool = False):
     """make_inputs(indices, rows, rungs) -> (input_ids, attention_mask),
-    right-padded to the rung (batching.padded_length) of the longest."""
+    right-padded to the rung (batching.padded_length) of the longest.
+    `packable` (for a Classifier's forward, which takes packed rows) adds
+    make_inputs.pack(indices, rows, length) -> packing.pack's inputs, and
+    finetune trains packed (TrainSettings.pack)."""
     def make_inputs(indices, rows, rungs=None):
         return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
                             pad_id=pad_id, rungs=rungs)
+
+    def pack(indices, rows, length):
+        return packing.pack(ids, indices, rows=rows, length=length,
+                            pad_id=pad_id)
+    if packable:
+        make_inputs.pack = pack
     return make_inputs
 
 
@@ -79,9 +89,11 @@ def _after_new_shape(step_fn, inputs) -> bool:
 
 
 def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
-                   lengths, batches) -> None:
-    """Compile `step_fn` for every input shape of `batches` (index arrays)
-    before the first step, giving the compiler's memory back after each.
+                   positions, shape_of) -> None:
+    """Compile `step_fn` for every input shape of the batches at
+    `positions` (host_batch(position) builds one, shape_of(position) names
+    its shape cheaply) before the first step, giving the compiler's memory
+    back after each.
 
     A compile's transient host memory (LLVM's, about 300 MB for a MiniLM-L6
     step) otherwise lands whenever a batch of a new length first comes up,
@@ -94,15 +106,12 @@ def _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
     seen = _shapes_seen(step_fn)
     if seen is None or not hasattr(step_fn, "lower"):  # not jitted
         return
-    compiled, started, longest_seen = 0, time.perf_counter(), set()
-    for indices in batches:
-        # A batch's shape follows its longest example (_process_inputs):
-        # only a new longest length can be a new shape.
-        longest = int(lengths[indices].max())
-        if longest in longest_seen:
+    compiled, started, shapes = 0, time.perf_counter(), set()
+    for position in positions:
+        if shape_of(position) in shapes:
             continue
-        longest_seen.add(longest)
-        batch = host_batch(indices)
+        shapes.add(shape_of(position))
+        batch = host_batch(position)
         if _shape_key(batch["inputs"]) in seen:
             continue
         step_fn.lower(state, global_batch(batch), *frozen).compile()
@@ -163,6 +172,111 @@ def _process_inputs(make_inputs, lengths, indices, positions, rungs):
     return jax.tree.map(lambda x: x[1:], inputs)
 
 
+def _padded_batches(name, make_inputs, lengths, all_batches, train_targets,
+                    settings, mesh, rungs):
+    """(host_batch, shape_of, global_batch, epoch_waste) for batches of one
+    example per row, right-padded to `rungs`, in minibatches of
+    minibatch_rows rows; host_batch(i) holds this process's rows of
+    all_batches[i], which global_batch puts on the mesh."""
+    rows_at = minibatch_rows(settings, rungs)
+    if max(rungs) > 0:  # not features, which have no tokens
+        line = f"[{name}] batches padded to {', '.join(map(str, rungs))} tokens"
+        if len(set(rows_at.values())) > 1:
+            line += (f", in minibatches of "
+                     f"{', '.join(str(rows_at[r]) for r in rungs)} rows")
+        log(line)
+
+    def shape_of(i):  # a batch's shape follows its longest example
+        return batching.padded_length(int(lengths[all_batches[i]].max()),
+                                      settings.max_ctx, rungs)
+
+    def host_batch(i):
+        indices, rows = all_batches[i], rows_at[shape_of(i)]
+        # This process's rows of each minibatch, as flat positions in the batch.
+        mine = distributed.process_rows(mesh, rows)
+        positions = np.add.outer(
+            np.arange(settings.batch_size // rows) * rows, mine).ravel()
+        return jax.tree.map(lambda x: x.reshape(-1, len(mine), *x.shape[1:]), {
+            "inputs": _process_inputs(make_inputs, lengths, indices, positions,
+                                      rungs),
+            "targets": train_targets[indices[positions]]})
+
+    # Every minibatch size splits over the processes in the same proportion.
+    processes_share = (settings.minibatch_size //
+                       len(distributed.process_rows(mesh, settings.minibatch_size)))
+
+    def global_batch(batch):
+        return sharding.to_global(
+            mesh, batch, 1,
+            global_rows=batch["targets"].shape[1] * processes_share)
+
+    per_epoch = len(all_batches) // settings.epochs
+
+    def epoch_waste(epoch):
+        return batching.padding_waste(
+            lengths, all_batches[epoch * per_epoch:(epoch + 1) * per_epoch],
+            settings.max_ctx, rungs)
+    return host_batch, shape_of, global_batch, epoch_waste
+
+
+# Batch shapes (programs) a packed stage compiles, at least one per number
+# of minibatches: on sst2's MiniLM batches, 4 pad within 0.1% of the rows
+# that a shape per batch would (bench/RESULTS.md 4g).
+PACKED_SHAPES = 4
+
+
+def _packed_batches(name, pack, lengths, all_batches, train_targets,
+                    settings, mesh, row_length):
+    """(host_batch, shape_of, global_batch, epoch_waste), as
+    _padded_batches, for batches packed several examples to a row
+    (data/packing.py) in rows of `row_length` tokens, at most
+    minibatch_size rows per minibatch. Every process packs the whole batch
+    the same way, and global_batch hands the mesh its own rows and
+    examples."""
+    size, batch = settings.minibatch_size, settings.batch_size
+    layouts = packing.plan(
+        lengths, all_batches, row_length=row_length, max_rows=size,
+        group_sizes=[g for g in range(size, batch + 1, size) if batch % g == 0],
+        quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES)
+    log(f"[{name}] batches packed into rows of {row_length} tokens, as "
+        + ", ".join(f"{m} x {rows}" for m, rows in
+                    sorted({(len(p.groups), p.rows) for p in layouts}))
+        + " (minibatches x rows)")
+
+    def shape_of(i):
+        return len(layouts[i].groups), layouts[i].rows
+
+    def host_batch(i):
+        indices, layout = all_batches[i], layouts[i]
+        parts = [pack(indices[g], layout.rows, row_length)
+                 for g in layout.groups]
+        order = indices[np.concatenate(layout.groups)]
+        targets = train_targets[order]
+        return {"inputs": tuple(np.stack(x) for x in zip(*parts)),
+                "targets": targets.reshape(len(layout.groups), -1,
+                                           *targets.shape[1:])}
+
+    per_epoch = len(all_batches) // settings.epochs
+
+    def epoch_waste(epoch):
+        span = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
+        return packing.waste(lengths, all_batches[span], layouts[span],
+                             row_length)
+    def global_batch(batch):
+        (ids, segments, example_segments), targets = (batch["inputs"],
+                                                      batch["targets"])
+        rows = distributed.process_rows(mesh, ids.shape[1])
+        examples = distributed.process_rows(mesh, targets.shape[1])
+        mine = {"inputs": (ids[:, rows], segments[:, rows],
+                           example_segments[:, examples]),
+                "targets": targets[:, examples]}
+        split = sharding.batch_sharding(mesh, 1)
+        return jax.tree.map(
+            lambda x, whole: jax.make_array_from_process_local_data(
+                split, x, whole.shape), mine, batch)
+    return host_batch, shape_of, global_batch, epoch_waste
+
+
 def finetune(*, name: str, forward: Callable, params, make_inputs,
              lengths: np.ndarray, train_targets: np.ndarray,
              settings: TrainSettings, loss: losses.Loss, loss_params: dict,
@@ -175,7 +289,10 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     """Train on (inputs, soft targets); returns the final params and a record.
 
     `make_inputs(indices, rows, rungs)` builds the numpy inputs of a batch,
-    padded to one of `rungs` (batching.padded_length);
+    padded to one of `rungs` (batching.padded_length); with
+    `settings.pack`, batches are random and, where make_inputs has a
+    `pack` (token_inputs) and one process feeds the mesh, packed
+    (data/packing.py);
     `lengths` (tokens per example) groups similar lengths into batches.
     With `checkpoint_dir`, training resumes from the latest checkpoint there
     and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
@@ -288,56 +405,39 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             last_line = (step, now)
             writer.scalars(step, scalars)
 
+    # Packed, batches are drawn at random (the paper's way); padded, they
+    # are grouped by length. Which one is settings.pack's to say: the batches
+    # are part of what a stage's key names.
     epochs = [batching.train_batches(lengths, batch_size=settings.batch_size,
-                                     rng=np.random.default_rng([seed, epoch]))
+                                     rng=np.random.default_rng([seed, epoch]),
+                                     by_length=not settings.pack)
               for epoch in range(settings.epochs)]
+    all_batches = [b for batches in epochs for b in batches]
     # Fitted to every epoch's batches, not only those after a resume, so a
     # resumed stage pads exactly as the uninterrupted one.
-    rungs = batching.fit_rungs(lengths, [b for bs in epochs for b in bs],
-                               settings.max_ctx)
+    rungs = batching.fit_rungs(lengths, all_batches, settings.max_ctx)
 
-    rows_at = minibatch_rows(settings, rungs)
-    if max(rungs) > 0:  # not features, which have no tokens
-        line = f"[{name}] batches padded to {', '.join(map(str, rungs))} tokens"
-        if len(set(rows_at.values())) > 1:
-            line += (f", in minibatches of "
-                     f"{', '.join(str(rows_at[r]) for r in rungs)} rows")
-        log(line)
-
-    def host_batch(indices):
-        rows = rows_at[batching.padded_length(int(lengths[indices].max()),
-                                              settings.max_ctx, rungs)]
-        # This process's rows of each minibatch, as flat positions in the batch.
-        mine = distributed.process_rows(mesh, rows)
-        positions = np.add.outer(
-            np.arange(settings.batch_size // rows) * rows, mine).ravel()
-        return jax.tree.map(lambda x: x.reshape(-1, len(mine), *x.shape[1:]), {
-            "inputs": _process_inputs(make_inputs, lengths, indices, positions,
-                                      rungs),
-            "targets": train_targets[indices[positions]]})
-
-    # Every minibatch size splits over the processes in the same proportion.
-    processes_share = (settings.minibatch_size //
-                       len(distributed.process_rows(mesh, settings.minibatch_size)))
-
-    def global_batch(batch):
-        return sharding.to_global(
-            mesh, batch, 1,
-            global_rows=batch["targets"].shape[1] * processes_share)
+    pack = getattr(make_inputs, "pack", None)
+    if settings.pack and pack is not None:
+        host_batch, shape_of, global_batch, epoch_waste = _packed_batches(
+            name, pack, lengths, all_batches, train_targets, settings, mesh,
+            row_length=max(rungs))
+    else:
+        host_batch, shape_of, global_batch, epoch_waste = _padded_batches(
+            name, make_inputs, lengths, all_batches, train_targets, settings,
+            mesh, rungs)
 
     # Steps are numbered from 1 across epochs: those after `start` remain.
-    remaining = [b for batches in epochs for b in batches][start:]
     _compile_ahead(name, step_fn, state, frozen, host_batch, global_batch,
-                   lengths, remaining)
+                   range(start, len(all_batches)), shape_of)
     waste, pending = [], None
     for epoch, batches in enumerate(epochs):
-        waste.append(batching.padding_waste(lengths, batches, settings.max_ctx,
-                                            rungs))
+        waste.append(epoch_waste(epoch))
         for index, indices in enumerate(batches):
             step = epoch * steps_per_epoch + index + 1
             if step <= start:
                 continue
-            batch = host_batch(indices)
+            batch = host_batch(step - 1)
             state, metrics = step_fn(state, global_batch(batch), *frozen)
             _after_new_shape(step_fn, batch["inputs"])
             # Read the previous step's loss only now, so the host never

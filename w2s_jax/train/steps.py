@@ -41,17 +41,23 @@ class TrainSettings:
     # Shorter batches in minibatches of more rows, up to the tokens of
     # minibatch_size rows at the longest length (loop.minibatch_rows).
     minibatch_by_tokens: bool = True
+    # Random batches, several examples to a row (data/packing.py); off,
+    # batches grouped by length, one example per row.
+    pack: bool = False
 
     def key_fields(self) -> dict:
         """The settings that key a stage (core/stages.py). Not log_every,
         which changes only what is printed; minibatch_by_tokens only when
         off, so stages keep the keys they had before it existed: the split
         changes rounding only (the loss is the whole batch's either way,
-        tests/test_train.py)."""
+        tests/test_train.py); pack only when on, since its random batches
+        are other batches than the length-grouped ones of stages before."""
         fields = dataclasses.asdict(self)
         del fields["log_every"]
         if fields["minibatch_by_tokens"]:
             del fields["minibatch_by_tokens"]
+        if not fields["pack"]:
+            del fields["pack"]
         return fields
 
 
