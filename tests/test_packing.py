@@ -138,22 +138,19 @@ def test_packed_training_matches_padded(n_devices, batch_size, sizes,
     assert not np.allclose(r_pad["loss_curve"][0], r_pad["loss_curve"][-1])
 
 
-def test_inputs_without_a_pack_function_train_padded():
-    """Inputs without a pack function (features, candidates) train padded."""
+def test_pack_needs_inputs_that_can_be_packed():
+    """Inputs without a pack function (features, candidates) cannot train
+    packed: pack on says so rather than train on random padded batches."""
     module, params, lengths, make_inputs, mesh = _mixed_lengths(
         5, lambda inputs: None, jax.devices()[:1])
     assert not hasattr(make_inputs, "pack")
-    shapes, module_forward = set(), steps.module_forward(module)
-
-    def forward(params, inputs):
-        shapes.add(len(inputs))
-        return module_forward(params, inputs)
-    loop.finetune(name="t", forward=forward, params=params,
-                  make_inputs=make_inputs, lengths=lengths,
-                  train_targets=np.full((64, 2), 0.5, np.float32),
-                  settings=_settings(), loss=losses.get_loss("xent"),
-                  loss_params={}, mesh=mesh, seed=0)
-    assert shapes == {2}
+    with pytest.raises(ValueError, match=r"\[t\] settings.pack is on but"):
+        loop.finetune(name="t", forward=steps.module_forward(module),
+                      params=params, make_inputs=make_inputs, lengths=lengths,
+                      train_targets=np.full((64, 2), 0.5, np.float32),
+                      settings=_settings(pack=True),
+                      loss=losses.get_loss("xent"), loss_params={}, mesh=mesh,
+                      seed=0)
 
 
 def test_packed_batches_are_random_and_compile_before_the_first_step(

@@ -105,7 +105,7 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  example_segments: jax.Array | None = None) -> jax.Array:
-        """With `example_segments` [E] the rows are packed (batching.pack):
+        """With `example_segments` [E] the rows are packed (packing.pack):
         attention_mask holds segment ids, and the logits are [E, K], one
         row per example."""
         if example_segments is None:

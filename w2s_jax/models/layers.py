@@ -149,7 +149,7 @@ def key_mask(attention_mask: jax.Array) -> jax.Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
-# Packed rows (batching.pack) hold several examples each: their
+# Packed rows (packing.pack) hold several examples each: their
 # attention_mask is the segment id of each token (0: padding, each example's
 # tokens one contiguous run of its own id), and the classifier passes the
 # backbone `positions` counted from each segment's start. A backbone given

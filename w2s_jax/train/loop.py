@@ -290,10 +290,10 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
 
     `make_inputs(indices, rows, rungs)` builds the numpy inputs of a batch,
     padded to one of `rungs` (batching.padded_length); with
-    `settings.pack`, batches are random and, where make_inputs has a
-    `pack` (token_inputs) and one process feeds the mesh, packed
-    (data/packing.py);
-    `lengths` (tokens per example) groups similar lengths into batches.
+    `settings.pack`, batches are random and packed by make_inputs.pack
+    (token_inputs(packable=True), data/packing.py);
+    `lengths` (tokens per example) groups similar lengths into batches
+    (unpacked) and sizes the packed rows.
     With `checkpoint_dir`, training resumes from the latest checkpoint there
     and saves one every `checkpoint_every` steps (0: never) and on SIGTERM,
     after which it raises checkpoint.Preempted.
@@ -408,6 +408,11 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     # Packed, batches are drawn at random (the paper's way); padded, they
     # are grouped by length. Which one is settings.pack's to say: the batches
     # are part of what a stage's key names.
+    pack = getattr(make_inputs, "pack", None)
+    if settings.pack and pack is None:
+        raise ValueError(f"[{name}] settings.pack is on but these inputs "
+                         f"cannot be packed (loop.token_inputs(packable=True) "
+                         f"can); set pack=False")
     epochs = [batching.train_batches(lengths, batch_size=settings.batch_size,
                                      rng=np.random.default_rng([seed, epoch]),
                                      by_length=not settings.pack)
@@ -417,8 +422,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     # resumed stage pads exactly as the uninterrupted one.
     rungs = batching.fit_rungs(lengths, all_batches, settings.max_ctx)
 
-    pack = getattr(make_inputs, "pack", None)
-    if settings.pack and pack is not None:
+    if settings.pack:
         host_batch, shape_of, global_batch, epoch_waste = _packed_batches(
             name, pack, lengths, all_batches, train_targets, settings, mesh,
             row_length=max(rungs))
