@@ -148,13 +148,20 @@ def minibatch_rows(settings: TrainSettings, rungs: tuple[int, ...]) -> dict:
     stays that of the longest rung's minibatch. Without it every batch
     takes minibatch_size rows.
     """
-    size, batch = settings.minibatch_size, settings.batch_size
+    size = settings.minibatch_size
     if not settings.minibatch_by_tokens or not rungs:
         return {r: size for r in rungs}
     budget = size * max(rungs)  # 0 for features: the whole batch fits
-    fits = [r for r in range(size, batch + 1, size) if batch % r == 0]
+    fits = _minibatch_sizes(settings)
     return {length: max(r for r in fits if r * length <= budget)
             for length in rungs}
+
+
+def _minibatch_sizes(settings: TrainSettings) -> list[int]:
+    """The rows a minibatch may take: divisors of the batch that are
+    multiples of minibatch_size."""
+    size, batch = settings.minibatch_size, settings.batch_size
+    return [r for r in range(size, batch + 1, size) if batch % r == 0]
 
 
 def _process_inputs(make_inputs, lengths, indices, positions, rungs):
@@ -174,10 +181,11 @@ def _process_inputs(make_inputs, lengths, indices, positions, rungs):
 
 def _padded_batches(name, make_inputs, lengths, all_batches, train_targets,
                     settings, mesh, rungs):
-    """(host_batch, shape_of, global_batch, epoch_waste) for batches of one
+    """(host_batch, shape_of, global_batch, waste) for batches of one
     example per row, right-padded to `rungs`, in minibatches of
     minibatch_rows rows; host_batch(i) holds this process's rows of
-    all_batches[i], which global_batch puts on the mesh."""
+    all_batches[i], which global_batch puts on the mesh; waste(span) is
+    the padding fraction of all_batches[span]."""
     rows_at = minibatch_rows(settings, rungs)
     if max(rungs) > 0:  # not features, which have no tokens
         line = f"[{name}] batches padded to {', '.join(map(str, rungs))} tokens"
@@ -210,13 +218,10 @@ def _padded_batches(name, make_inputs, lengths, all_batches, train_targets,
             mesh, batch, 1,
             global_rows=batch["targets"].shape[1] * processes_share)
 
-    per_epoch = len(all_batches) // settings.epochs
-
-    def epoch_waste(epoch):
-        return batching.padding_waste(
-            lengths, all_batches[epoch * per_epoch:(epoch + 1) * per_epoch],
-            settings.max_ctx, rungs)
-    return host_batch, shape_of, global_batch, epoch_waste
+    def waste(span):
+        return batching.padding_waste(lengths, all_batches[span],
+                                      settings.max_ctx, rungs)
+    return host_batch, shape_of, global_batch, waste
 
 
 # Batch shapes (programs) a packed stage compiles, at least one per number
@@ -227,17 +232,16 @@ PACKED_SHAPES = 4
 
 def _packed_batches(name, pack, lengths, all_batches, train_targets,
                     settings, mesh, row_length):
-    """(host_batch, shape_of, global_batch, epoch_waste), as
+    """(host_batch, shape_of, global_batch, waste), as
     _padded_batches, for batches packed several examples to a row
     (data/packing.py) in rows of `row_length` tokens, at most
     minibatch_size rows per minibatch. Every process packs the whole batch
     the same way, and global_batch hands the mesh its own rows and
     examples."""
-    size, batch = settings.minibatch_size, settings.batch_size
     layouts = packing.plan(
-        lengths, all_batches, row_length=row_length, max_rows=size,
-        group_sizes=[g for g in range(size, batch + 1, size) if batch % g == 0],
-        quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES)
+        lengths, all_batches, row_length=row_length,
+        max_rows=settings.minibatch_size,
+        group_sizes=_minibatch_sizes(settings), quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES)
     log(f"[{name}] batches packed into rows of {row_length} tokens, as "
         + ", ".join(f"{m} x {rows}" for m, rows in
                     sorted({(len(p.groups), p.rows) for p in layouts}))
@@ -256,12 +260,10 @@ def _packed_batches(name, pack, lengths, all_batches, train_targets,
                 "targets": targets.reshape(len(layout.groups), -1,
                                            *targets.shape[1:])}
 
-    per_epoch = len(all_batches) // settings.epochs
-
-    def epoch_waste(epoch):
-        span = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
+    def waste(span):
         return packing.waste(lengths, all_batches[span], layouts[span],
                              row_length)
+
     def global_batch(batch):
         (ids, segments, example_segments), targets = (batch["inputs"],
                                                       batch["targets"])
@@ -274,7 +276,7 @@ def _packed_batches(name, pack, lengths, all_batches, train_targets,
         return jax.tree.map(
             lambda x, whole: jax.make_array_from_process_local_data(
                 split, x, whole.shape), mine, batch)
-    return host_batch, shape_of, global_batch, epoch_waste
+    return host_batch, shape_of, global_batch, waste
 
 
 def finetune(*, name: str, forward: Callable, params, make_inputs,
@@ -423,11 +425,11 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     rungs = batching.fit_rungs(lengths, all_batches, settings.max_ctx)
 
     if settings.pack:
-        host_batch, shape_of, global_batch, epoch_waste = _packed_batches(
+        host_batch, shape_of, global_batch, waste_of = _packed_batches(
             name, pack, lengths, all_batches, train_targets, settings, mesh,
             row_length=max(rungs))
     else:
-        host_batch, shape_of, global_batch, epoch_waste = _padded_batches(
+        host_batch, shape_of, global_batch, waste_of = _padded_batches(
             name, make_inputs, lengths, all_batches, train_targets, settings,
             mesh, rungs)
 
@@ -436,7 +438,8 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                    range(start, len(all_batches)), shape_of)
     waste, pending = [], None
     for epoch, batches in enumerate(epochs):
-        waste.append(epoch_waste(epoch))
+        waste.append(waste_of(slice(epoch * steps_per_epoch,
+                                    (epoch + 1) * steps_per_epoch)))
         for index, indices in enumerate(batches):
             step = epoch * steps_per_epoch + index + 1
             if step <= start:
