@@ -41,12 +41,12 @@ def measure(model, spec, args, mesh):
         lr=1e-4, head_lr=None, batch_size=args.batch, minibatch_size=args.batch,
         epochs=1, lr_schedule="constant", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=args.batch, max_ctx=args.length, log_every=10)
-    tx = steps.make_optimizer(settings, 100)
-    state = steps.init_state(tx, params, mesh, trainable)
+    tx = steps.make_optimizer(settings)
+    state = steps.init_state(tx, params, mesh, trainable, total_steps=100)
     frozen = state.pop("frozen", None)
     step = steps.make_train_step(
         steps.module_forward(module, spec), tx, losses.get_loss("xent"), {},
-        100, mesh, param_shardings=sharding.shardings_of(state["params"]),
+        mesh, param_shardings=sharding.shardings_of(state["params"]),
         frozen_shardings=None if frozen is None else sharding.shardings_of(frozen))
     rng = np.random.default_rng(0)
     batch = {"inputs": (jnp.asarray(rng.integers(0, 256, (1, args.batch, args.length)),

@@ -68,11 +68,11 @@ def run_layout(label, axes, n_devices, args, model, module, batch_np):
         minibatch_size=args.batch, epochs=1, lr_schedule="constant",
         warmup_steps=0, weight_decay=0.0, eval_batch_size=args.batch,
         max_ctx=args.seq, log_every=1)
-    tx = steps.make_optimizer(settings, 10 ** 6)
+    tx = steps.make_optimizer(settings)
     step = steps.make_train_step(
-        steps.module_forward(module), tx, losses.get_loss("xent"), {}, 10 ** 6,
+        steps.module_forward(module), tx, losses.get_loss("xent"), {},
         mesh, param_shardings=sharding.shardings_of(params))
-    state = steps.init_state(tx, params, mesh)
+    state = steps.init_state(tx, params, mesh, total_steps=10 ** 6)
     batch = sharding.to_global(mesh, batch_np, 1)
 
     # Resident train state per device, before the step donates it.

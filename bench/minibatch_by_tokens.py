@@ -50,7 +50,7 @@ def main():
         epochs=1, lr_schedule="cosine", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=64, max_ctx=max(lengths), log_every=1000)
     by_tokens = loop.minibatch_rows(settings, lengths)
-    tx = steps.make_optimizer(settings, 1000)
+    tx = steps.make_optimizer(settings)
     forward = steps.module_forward(module)
     rng = np.random.default_rng(0)
     print(f"{args.model}, batch {BATCH}, fixed minibatches of {args.minibatch} "
@@ -60,9 +60,10 @@ def main():
     for loss_name in args.losses.split(","):
         loss = losses.get_loss(loss_name)
         step = steps.make_train_step(
-            forward, tx, loss, {}, 1000, mesh,
+            forward, tx, loss, {}, mesh,
             param_shardings=sharding.shardings_of(params))
-        state = steps.init_state(tx, jax.tree.map(jnp.copy, params), mesh)
+        state = steps.init_state(tx, jax.tree.map(jnp.copy, params), mesh,
+                                 total_steps=1000)
         for length in lengths:
             ids = rng.integers(1000, 2000, (BATCH, length))
             targets = np.tile([[0.3, 0.7]], (BATCH, 1))

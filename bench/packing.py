@@ -92,7 +92,7 @@ def step_table():
         lr=1e-5, head_lr=None, batch_size=BATCH, minibatch_size=MINIBATCH,
         epochs=1, lr_schedule="constant", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=BATCH, max_ctx=MAX_CTX, log_every=10)
-    tx = steps.make_optimizer(settings, 100)
+    tx = steps.make_optimizer(settings)
     everyone = np.arange(BATCH)
     cases = {"padded 32 x 16": batching.pad(ids, everyone, rows=BATCH,
                                             max_ctx=MAX_CTX, pad_id=0,
@@ -108,10 +108,10 @@ def step_table():
                         "schedule": "linear"} if loss == "logconf" else {})
         for name, inputs in cases.items():
             state = steps.init_state(tx, jax.tree.map(jax.numpy.copy, params),
-                                     mesh)
+                                     mesh, total_steps=100)
             step = steps.make_train_step(
                 steps.module_forward(module), tx, losses.get_loss(loss),
-                loss_params, 100, mesh)
+                loss_params, mesh)
             batch = sharding.to_global(mesh, {
                 "inputs": tuple(x[None] for x in inputs),
                 "targets": np.full((1, BATCH, 2), 0.5, np.float32)}, 1)

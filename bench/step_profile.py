@@ -51,9 +51,9 @@ def build(name, batch, seq, unroll_dtype="float32"):
         lr=1e-5, head_lr=None, batch_size=batch, minibatch_size=batch, epochs=1,
         lr_schedule="constant", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=batch, max_ctx=seq, log_every=1)
-    tx = steps.make_optimizer(settings, 10 ** 6)
+    tx = steps.make_optimizer(settings)
     step_fn = steps.make_train_step(
-        steps.module_forward(module), tx, losses.get_loss("xent"), {}, 10 ** 6,
+        steps.module_forward(module), tx, losses.get_loss("xent"), {},
         mesh, param_shardings=sharding.shardings_of(params))
     rng = np.random.default_rng(0)
     ids = rng.integers(1, hf["vocab_size"], (batch, seq)).astype(np.int32)
@@ -61,7 +61,8 @@ def build(name, batch, seq, unroll_dtype="float32"):
     data = sharding.to_global(
         mesh, {"inputs": (ids[None], np.ones_like(ids)[None]),
                "targets": targets[None]}, 1)
-    return step_fn, steps.init_state(tx, params, mesh), data
+    return step_fn, steps.init_state(tx, params, mesh,
+                                     total_steps=10 ** 6), data
 
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)\[?[^=]*?\s([\w\-]+)\(")

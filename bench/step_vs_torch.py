@@ -194,18 +194,19 @@ def jax_variants(name, hf, args, ids, labels, breakdown):
         warmup_steps=0, weight_decay=0.0, eval_batch_size=args.batch,
         max_ctx=args.seq, log_every=1)
     total_steps = 10 ** 6
-    tx = steps.make_optimizer(settings, total_steps)
+    tx = steps.make_optimizer(settings)
     forward = steps.module_forward(module)
     loss = losses.get_loss("xent")
     step_fn = steps.make_train_step(
-        forward, tx, loss, {}, total_steps, mesh,
+        forward, tx, loss, {}, mesh,
         param_shardings=sharding.shardings_of(params))
     targets = np.eye(2, dtype=np.float32)[labels]
     mask = np.ones_like(ids)
     # The trainer's layout: [n_micro, minibatch, ...], here one micro-batch.
     batch = sharding.to_global(
         mesh, {"inputs": (ids[None], mask[None]), "targets": targets[None]}, 1)
-    holder = {"w2s": steps.init_state(tx, params, mesh)}
+    holder = {"w2s": steps.init_state(tx, params, mesh,
+                                     total_steps=total_steps)}
 
     def w2s_step():
         holder["w2s"], metrics = step_fn(holder["w2s"], batch)

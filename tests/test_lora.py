@@ -153,8 +153,9 @@ def test_only_adapters_and_head_train(mirror, tmp_path):
             assert not moved, path
     # c_attn, c_proj (attention and MLP) and c_fc in each of 4 blocks.
     assert n_adapters == 4 * 4
-    tx = steps.make_optimizer(learner.settings, record["steps"])
-    state = steps.init_state(tx, params, ctx.mesh, learner.trainable)
+    tx = steps.make_optimizer(learner.settings)
+    state = steps.init_state(tx, params, ctx.mesh, learner.trainable,
+                             total_steps=record["steps"])
     trainable_size = sum(x.size for x in jax.tree.leaves(state["params"]))
     moments = sum(x.size for x in jax.tree.leaves(state["opt_state"])
                   if x.ndim > 0)

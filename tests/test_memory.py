@@ -176,10 +176,10 @@ def measure(micro, n_micro, seq_len, steps_run=3):
     est = memory.estimate(params, None, settings=settings, seq_len=seq_len,
                           model=model, compute_dtype="float32", remat="none",
                           mesh=mesh)
-    tx = steps.make_optimizer(settings, 100)
-    state = steps.init_state(tx, params, mesh)
+    tx = steps.make_optimizer(settings)
+    state = steps.init_state(tx, params, mesh, total_steps=100)
     step = steps.make_train_step(
-        steps.module_forward(module), tx, losses.get_loss("xent"), {}, 100,
+        steps.module_forward(module), tx, losses.get_loss("xent"), {},
         mesh, param_shardings=sharding.shardings_of(params))
     rng = np.random.default_rng(0)
     batches = [sharding.to_global(mesh, {

@@ -67,8 +67,8 @@ def _train(model, mesh, **build):
                                     head_init="normal", **build)
     params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
-    tx = steps.make_optimizer(_settings(), N_STEPS)
-    state = steps.init_state(tx, params, mesh)
+    tx = steps.make_optimizer(_settings())
+    state = steps.init_state(tx, params, mesh, total_steps=N_STEPS)
     traces = []
 
     def forward(p, inputs):
@@ -76,7 +76,7 @@ def _train(model, mesh, **build):
         return steps.module_forward(module)(p, inputs)
 
     step = steps.make_train_step(
-        forward, tx, losses.get_loss("xent"), {}, N_STEPS, mesh,
+        forward, tx, losses.get_loss("xent"), {}, mesh,
         param_shardings=sharding.shardings_of(params))
     values, traced = [], []
     for batch in _batches():
@@ -268,13 +268,14 @@ def test_bfloat16_compute_keeps_float32_state_and_logits():
         compute_dtype=dtype) for dtype in ("float32", "bfloat16")}
     params = steps.init_params(modules["bfloat16"], model, head_init="normal",
                                seed=0, mesh=mesh)
-    tx = steps.make_optimizer(_settings(), N_STEPS)
+    tx = steps.make_optimizer(_settings())
     forward = steps.module_forward(modules["bfloat16"])
     step = steps.make_train_step(forward, tx, losses.get_loss("xent"), {},
-                                 N_STEPS, mesh)
+                                 mesh)
     batch = _batches()[0]
     # Shapes and dtypes of a whole step, traced but not compiled.
-    state, metrics = jax.eval_shape(step, steps.init_state(tx, params, mesh),
+    state, metrics = jax.eval_shape(step, steps.init_state(tx, params, mesh,
+                                                         total_steps=N_STEPS),
                                     sharding.to_global(mesh, batch, 1))
     dtypes = {x.dtype for x in jax.tree.leaves((state, metrics))
               if jnp.issubdtype(x.dtype, jnp.floating)}
@@ -348,16 +349,16 @@ def _compile_fsdp_step(family, choice=False):
     mesh = sharding.make_mesh(MESHES["data2-fsdp2-tensor2"])
     params = steps.init_params(module, model, head_init="normal", seed=0,
                                mesh=mesh)
-    tx = steps.make_optimizer(_settings(), N_STEPS)
+    tx = steps.make_optimizer(_settings())
     step = steps.make_train_step(
-        steps.module_forward(module), tx, losses.get_loss("xent"), {}, N_STEPS,
+        steps.module_forward(module), tx, losses.get_loss("xent"), {},
         mesh, param_shardings=sharding.shardings_of(params))
     batch = dict(_batches()[0])
     ids, mask = (np.minimum(x, 63) for x in batch["inputs"])
     if choice:  # [micro, rows, K, L]: two candidates per example
         ids, mask = (np.stack([x, x], axis=2) for x in (ids, mask))
     batch["inputs"] = (ids, mask)
-    step.lower(steps.init_state(tx, params, mesh),
+    step.lower(steps.init_state(tx, params, mesh, total_steps=N_STEPS),
                sharding.to_global(mesh, batch, 1)).compile()
 
 

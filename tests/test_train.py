@@ -39,12 +39,10 @@ def _run_steps(devices, batches, settings, loss_name="logconf", head_init="norma
                                     head_init=head_init)
     params = steps.init_params(module, model, head_init=head_init, seed=0,
                                mesh=mesh)
-    tx = steps.make_optimizer(settings, total_steps=len(batches))
-    state = {"params": params, "opt_state": tx.init(params),
-             "step": jax.numpy.zeros((), jax.numpy.int32)}
+    tx = steps.make_optimizer(settings)
+    state = steps.init_state(tx, params, mesh, total_steps=len(batches))
     step = steps.make_train_step(steps.module_forward(module), tx,
-                                 losses.get_loss(loss_name), LOSS_PARAMS,
-                                 len(batches), mesh)
+                                 losses.get_loss(loss_name), LOSS_PARAMS, mesh)
     values = []
     for batch in batches:
         state, metrics = step(state, sharding.to_global(mesh, batch, 1))

@@ -16,7 +16,8 @@ from w2s_jax.train import losses
 from w2s_jax.data import batching, packing
 from w2s_jax.core.progress import Progress, log
 from w2s_jax.train.steps import (TrainSettings, init_state, join_trainable,
-                                 lr_schedule, make_optimizer, make_train_step)
+                                 learning_rate, make_optimizer,
+                                 make_train_step)
 
 
 def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int,
@@ -316,11 +317,11 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
                          f"lower config.train.batch_size")
     total_steps = steps_per_epoch * settings.epochs
     n_micro = settings.batch_size // settings.minibatch_size
-    tx = make_optimizer(settings, total_steps)
-    state = init_state(tx, params, mesh, trainable)
+    tx = make_optimizer(settings)
+    state = init_state(tx, params, mesh, trainable, total_steps=total_steps)
     frozen = state.pop("frozen", None)
     step_fn = make_train_step(
-        forward, tx, loss, loss_params, total_steps, mesh,
+        forward, tx, loss, loss_params, mesh,
         param_shardings=sharding.shardings_of(state["params"]),
         frozen_shardings=(None if frozen is None
                           else sharding.shardings_of(frozen)))
@@ -334,9 +335,10 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
             if checkpoint_dir else None)
     try:
         start, losses_seen, seconds_before = 0, [], 0.0
-        restored = ckpt.restore(state) if ckpt else None
+        restored = ckpt.restore(_progress_of(state)) if ckpt else None
         if restored is not None:
-            state, position = restored
+            saved, position = restored
+            state = {**state, **saved}
             start = int(state["step"])
             epoch, batch = position["epoch"], position["batch"]
             if epoch * steps_per_epoch + batch != start:
@@ -371,6 +373,13 @@ def finetune(*, name: str, forward: Callable, params, make_inputs,
     return join_trainable(state["params"], frozen), record
 
 
+def _progress_of(state) -> dict:
+    """What a checkpoint holds of the train state: all but its length,
+    which the stage's settings give (so checkpoints written before the
+    length was state restore too)."""
+    return {k: v for k, v in state.items() if k != "total_steps"}
+
+
 def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
            settings, mesh, seed, total_steps, start, losses_seen,
            seconds_before, ckpt, stop, eval_every, on_eval, writer, frozen):
@@ -382,7 +391,6 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
     progress = Progress(name, total_steps, settings.batch_size,
                         first_step=start + 1)
     last_line = None  # (step, time) of the previous progress line
-    lr = lr_schedule(settings, total_steps, settings.lr)
 
     def record(pending):
         nonlocal last_line
@@ -398,7 +406,8 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
             scalars, now = {"train/loss": value}, time.perf_counter()
             # The backbone's rate as optax applied it at this step (optax
             # counts from 0); a separate head_lr follows the same schedule.
-            scalars["train/lr"] = float(lr(step - 1))
+            scalars["train/lr"] = float(learning_rate(
+                settings, step - 1, total_steps, settings.lr))
             # Throughput since the previous line; the first includes compiling.
             if last_line is not None:
                 scalars["train/examples_per_s"] = (
@@ -463,7 +472,7 @@ def _train(name, state, step_fn, *, make_inputs, lengths, train_targets,
                 record(pending)
                 pending = None
                 # A copy of the losses: the save may serialise them later.
-                ckpt.save(step, state, {
+                ckpt.save(step, _progress_of(state), {
                     "epoch": step // steps_per_epoch,
                     "batch": step % steps_per_epoch,
                     "losses": list(losses_seen),

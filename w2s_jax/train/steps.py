@@ -206,16 +206,19 @@ def _checked(params, abstract):
     return params
 
 
-def init_state(tx, params, mesh, trainable=None) -> dict:
-    """The train state {"params", "opt_state", "step"}, all on the mesh;
-    with `trainable` (split_trainable), "params" holds the trainable part
-    and "frozen" the rest (take it out: make_train_step takes it as its
-    own argument), which has no optimizer state and never changes.
+def init_state(tx, params, mesh, trainable=None, *, total_steps: int) -> dict:
+    """The train state {"params", "opt_state", "step", "total_steps"}, all
+    on the mesh; with `trainable` (split_trainable), "params" holds the
+    trainable part and "frozen" the rest (take it out: make_train_step
+    takes it as its own argument), which has no optimizer state and never
+    changes.
 
     The optimizer state is created sharded like `params` (Adam's moments
     take their parameter's sharding; counts are replicated), and the step
     is replicated too, so the train step's second call finds the layout of
-    its first and does not compile again.
+    its first and does not compile again. The stage's length,
+    `total_steps`, is state too, not a constant of the compiled step (see
+    make_optimizer).
     """
     replicated = sharding.replicated(mesh)
     params, frozen = split_trainable(params, trainable)
@@ -224,33 +227,52 @@ def init_state(tx, params, mesh, trainable=None) -> dict:
         default=replicated)
     state = {"params": params,
              "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+             "total_steps": jax.device_put(jnp.asarray(total_steps, jnp.int32),
+                                           replicated)}
     if frozen is not None:
         state["frozen"] = frozen
     return state
 
 
-def lr_schedule(settings: TrainSettings, total_steps: int, peak: float):
-    """The learning rate by step: warmup + cosine decay to 0, or constant."""
+def learning_rate(settings: TrainSettings, step, total_steps, peak: float):
+    """The learning rate of the update at `step` (0-based, as optax counts)
+    of `total_steps`: warmup from 0 then cosine decay to 0 (optax's
+    warmup_cosine_decay_schedule, or its cosine_decay_schedule without
+    warmup), or constant. Written out rather than built from optax's
+    schedules because `total_steps` may be traced: those take it as a
+    Python int and compile it into the program."""
     if settings.lr_schedule == "constant":
-        return optax.constant_schedule(peak)
-    if not settings.warmup_steps:
-        return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=settings.warmup_steps,
-        decay_steps=max(total_steps, settings.warmup_steps + 1),
-        end_value=0.0)
+        return jnp.asarray(peak, jnp.float32)
+    step = jnp.asarray(step, jnp.float32)
+    total = jnp.asarray(total_steps, jnp.float32)
+    warmup = settings.warmup_steps
+    if not warmup:
+        return peak * (0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, total)
+                                          / total)))
+    decay = jnp.maximum(total, warmup + 1) - warmup
+    after = jnp.clip(step - warmup, 0, decay)
+    cosine = peak * (0.5 * (1 + jnp.cos(jnp.pi * after / decay)))
+    ramp = -peak * (1 - jnp.clip(step, 0, warmup) / warmup) + peak
+    return jnp.where(step < warmup, ramp, cosine)
 
 
-def make_optimizer(settings: TrainSettings, total_steps: int):
-    """Adam (AdamW if weight decay) with `lr_schedule`."""
-    def schedule(peak):
-        return lr_schedule(settings, total_steps, peak)
+def make_optimizer(settings: TrainSettings) -> optax.GradientTransformationExtraArgs:
+    """Adam (AdamW with weight decay) at `learning_rate`'s rate, peaking
+    at settings.lr (settings.head_lr for the head, if set).
 
+    Its update takes the stage's length as an argument,
+    tx.update(grads, opt_state, params, total_steps=...), which the train
+    step reads from its state: so the compiled step is one program for
+    stages of any length (the ceiling and each student of one model, loss
+    and batch shape share it through the persistent compilation cache), and
+    the optimizer state is the same tree as optax.adam's / adamw's."""
     def adam(peak):
+        parts = [optax.scale_by_adam()]
         if settings.weight_decay:
-            return optax.adamw(schedule(peak), weight_decay=settings.weight_decay)
-        return optax.adam(schedule(peak))
+            parts.append(optax.add_decayed_weights(settings.weight_decay))
+        parts.append(_scale_by_learning_rate(settings, peak))
+        return optax.chain(*parts)
 
     if settings.head_lr is None:
         return adam(settings.lr)
@@ -258,6 +280,23 @@ def make_optimizer(settings: TrainSettings, total_steps: int):
         {"head": adam(settings.head_lr), "backbone": adam(settings.lr)},
         lambda params: {k: jax.tree.map(lambda _: _top(k), v)
                         for k, v in params.items()})
+
+
+def _scale_by_learning_rate(settings: TrainSettings, peak: float):
+    """optax.scale_by_learning_rate(schedule) with the schedule's length
+    an argument of the update (make_optimizer); the same state."""
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, total_steps, **extra_args):
+        del params, extra_args
+        rate = learning_rate(settings, state.count, total_steps, peak)
+        updates = jax.tree.map(lambda g: jnp.asarray(-rate, g.dtype) * g,
+                               updates)
+        return updates, optax.ScaleByScheduleState(
+            count=optax.safe_increment(state.count))
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _top(key) -> str:
@@ -303,7 +342,7 @@ def join_trainable(train, frozen=None):
 
 
 def make_train_step(forward: Callable, tx, loss: losses.Loss,
-                    loss_params: dict, total_steps: int, mesh,
+                    loss_params: dict, mesh,
                     param_shardings=None, rules=sharding.RULES,
                     frozen_shardings=None) -> Callable:
     """A jitted step on a batch {"inputs", "targets"} shaped [micro, minibatch, ...].
@@ -335,6 +374,7 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
         def forward_all(p, x):  # gradients reach the trainable part only
             return forward(join_trainable(p, frozen), x)
 
+        total_steps = state["total_steps"]
         progress = state["step"].astype(jnp.float32) / total_steps
         inputs, targets = batch["inputs"], batch["targets"]
         n_micro, micro = targets.shape[:2]
@@ -373,18 +413,20 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
         (value, grads), _ = jax.lax.scan(
             accumulate, (jnp.zeros((), jnp.float32), grad_zeros),
             (inputs, targets, stats))
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates, opt_state = tx.update(grads, state["opt_state"], params,
+                                       total_steps=total_steps)
         opt_state = jax.lax.with_sharding_constraint(opt_state, sharding.like_params(
             opt_state, params, param_shardings, default=replicated))
         new_state = {"params": optax.apply_updates(params, updates),
-                     "opt_state": opt_state, "step": state["step"] + 1}
+                     "opt_state": opt_state, "step": state["step"] + 1,
+                     "total_steps": total_steps}
         return new_state, {"loss": value}
 
     # The optimizer state's shardings are left to the arguments (None): its
     # tree is only known once tx.init has run; inside, it is pinned to
     # like_params, so every step sees the same layout.
     state_shardings = {"params": param_shardings, "opt_state": None,
-                       "step": replicated}
+                       "step": replicated, "total_steps": replicated}
     in_shardings = (state_shardings, sharding.batch_sharding(mesh, batch_dim=1))
     if frozen_shardings is not None:
         # The frozen part is a third argument, not donated: it outlives
