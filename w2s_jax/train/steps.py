@@ -349,9 +349,13 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
 
     `param_shardings` (a tree like the (trainable) params; None =
     replicated) are kept by the step; with `frozen_shardings` (the frozen
-    part of init_state's split), the step is step(state, batch, frozen); the optimizer state comes out sharded like its parameters
-    (as init_state makes it), gradients accumulate sharded the same way,
-    and the model's activations follow `rules`. The state is donated.
+    part of init_state's split), the step is step(state, batch, frozen);
+    the optimizer state comes out sharded like its parameters (as
+    init_state makes it), gradients accumulate sharded the same way, and
+    the model's activations follow `rules`. The state is donated. `tx` is
+    make_optimizer's; the state is init_state's, whose "total_steps" sets
+    the schedule and the loss's `progress`, so stages of any length run
+    this one program.
 
     `forward(params, inputs) -> logits` is the model: a transformer
     classifier on token ids, or a linear head on frozen features. Gradients
