@@ -253,6 +253,8 @@ def learning_rate(settings: TrainSettings, step, total_steps, peak: float):
     decay = jnp.maximum(total, warmup + 1) - warmup
     after = jnp.clip(step - warmup, 0, decay)
     cosine = peak * (0.5 * (1 + jnp.cos(jnp.pi * after / decay)))
+    # optax's linear_schedule arithmetic, (init - end) * (1 - t/w) + end,
+    # kept as it is so the rates round as optax's did.
     ramp = -peak * (1 - jnp.clip(step, 0, warmup) / warmup) + peak
     return jnp.where(step < warmup, ramp, cosine)
 
