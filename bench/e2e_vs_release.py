@@ -13,8 +13,8 @@ batch's graph:
       config.losses = "xent,logconf": the weak and ceiling stages are trained
       once and shared by both losses (the stage cache), training batches
       are drawn at random and packed several examples to a row
-      (data/packing.py), prediction batches length-bucketed and padded to
-      a few lengths fitted to them, steps are jit compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
+      (data/packing.py), and so are the examples predicted on, steps are
+      jit compiled. 4 trainings. As `python -m w2s_jax.main` runs it (malloc's
       keep-freed-memory setting only with W2S_KEEP_HOST_MEMORY=1), but
       without mid-stage checkpoints, which the release does not write.
   (b) the release's way: PyTorch/HF, batches padded to their longest
@@ -124,17 +124,20 @@ def side_a(shape: dict, out_path: str) -> None:
     from w2s_jax.data import packing
     original_pack = packing.pack
 
-    def counting_pack(ids, indices, *, rows, length, pad_id):
-        # A packed training minibatch (loop.token_inputs calls packing.pack).
+    def counting_pack(ids, indices, *, rows, length, pad_id, placed=None):
+        # A packed training minibatch or prediction batch
+        # (loop.token_inputs calls packing.pack).
         inputs = original_pack(ids, indices, rows=rows, length=length,
-                               pad_id=pad_id)
-        frame = sys._getframe(1)
+                               pad_id=pad_id, placed=placed)
+        frame, kind = sys._getframe(1), "train"
         while frame is not None:
             if frame.f_code.co_name == "_compile_ahead":
                 return inputs  # built only for its shape, never run
+            if frame.f_code.co_name == "_predict_packed":
+                kind = "eval"
             frame = frame.f_back
-        tokens["train_real"] += int(sum(len(ids[i]) for i in indices))
-        tokens["train_padded"] += rows * length
+        tokens[f"{kind}_real"] += int(sum(len(ids[i]) for i in indices))
+        tokens[f"{kind}_padded"] += rows * length
         return inputs
 
     packing.pack = counting_pack

@@ -110,6 +110,27 @@ def test_right_padded_batch_matches(models):
         _flax_hidden(backbone, params, ids, mask), _torch_hidden(torch_model, ids, mask), mask)
 
 
+def test_exact_gelu_matches_torch_values_and_gradients():
+    # The encoders' "gelu" is written with erf (layers.gelu_erf); a tanh
+    # approximation or a wrong constant is off by 1e-4 or more here.
+    from w2s_jax.models.layers import ACTIVATIONS
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    gelu = ACTIVATIONS["gelu"]
+    values, grads = jax.vmap(jax.value_and_grad(gelu))(jnp.asarray(x))
+    tx = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.gelu(tx)
+    expected.sum().backward()
+    np.testing.assert_allclose(values, expected.detach().numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(grads, tx.grad.numpy(), rtol=0, atol=2e-6)
+    # bfloat16 compute: PyTorch's GELU on bfloat16 rounds a float32 result;
+    # computed in bfloat16, 1 + erf cancels (40% off at -3, 0 at -4).
+    tail = np.linspace(-4.5, -2, 51, dtype=np.float32)
+    got = np.asarray(gelu(jnp.asarray(tail, jnp.bfloat16)), np.float32)
+    expected = torch.nn.functional.gelu(
+        torch.tensor(tail).to(torch.bfloat16)).float().numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=0)  # 1 ulp: 0.4-0.8%
+
+
 def test_mean_pooled_classifier_features_match(models):
     family, torch_model, backbone, params = models
     ids, mask = _batch(family)

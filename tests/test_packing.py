@@ -89,6 +89,22 @@ def test_packed_logits_match_one_example_per_row(family, pooling):
     together = module.apply({"params": params}, *packed)
     np.testing.assert_allclose(together, alone, atol=2e-5, rtol=1e-5)
     assert float(np.abs(alone).max()) > 1e-2  # the head is not zero
+    # Pooled row by row (prediction's layout): each row's segments from 1,
+    # 4 slots a row, the empty ones dropped.
+    input_ids, segments, example_segments = packed
+    first = np.array([row[row > 0].min() - 1 if row.any() else 0
+                      for row in segments])
+    local = np.where(segments > 0, segments - first[:, None], 0)
+    slots = np.zeros((len(segments), 4), np.int32)
+    for r in range(len(segments)):
+        n = len(set(local[r][local[r] > 0]))
+        slots[r, :n] = np.arange(1, n + 1)
+    by_row = module.apply({"params": params}, input_ids, local, slots)
+    row_of = [int(np.nonzero((segments == s).any(1))[0][0])
+              for s in example_segments]
+    picked = np.stack([by_row[r, s - 1 - first[r]]
+                       for r, s in zip(row_of, example_segments)])
+    np.testing.assert_allclose(picked, alone, atol=2e-5, rtol=1e-5)
 
 
 # 8 devices: rows come in multiples of 8, so mostly short examples.
@@ -195,3 +211,52 @@ def test_packed_batches_are_random_and_compile_before_the_first_step(
                           for p in packed)
     # Length-grouped batches would hold similar lengths: these do not.
     assert min(np.ptp(lengths[list(b)]) for b in batches) > 30
+
+
+def test_eval_batches_and_plan_by_hand():
+    lengths = np.array([5, 3, 4, 2, 7])
+    # First-fit decreasing in rows of 8: 7 | 5+3 | 4+2, two rows a batch.
+    assert packing.first_fit(lengths, 8) == [[4], [0, 1], [2, 3]]
+    assert packing.eval_batches(lengths, length=8, rows=2) == [
+        [[4], [0, 1]], [[2, 3]]]
+    # Fullest row: 2 examples -> 2 slots; the last batch's 1 row rounds
+    # up to 8 (at most the 16 of a whole batch).
+    plan = packing.eval_plan([lengths], length=8, rows=16, quantum=1)
+    assert plan == packing.EvalPacking(length=8, rows=(8, 16), slots=2)
+    # Two sets: 40 examples of 2 tokens fill 10 rows of 4 (4 -> 4 slots,
+    # 5 would make 8); quantum 3 rounds both last batches (3 and 10 rows)
+    # up to 24, a whole batch.
+    plan = packing.eval_plan([lengths, np.full(40, 2)], length=8, rows=24,
+                             quantum=3)
+    assert plan == packing.EvalPacking(length=8, rows=(24,), slots=4)
+    with pytest.raises(ValueError, match="16 rows a batch"):
+        packing.eval_plan([lengths], length=8, rows=16, quantum=3)
+    plan = packing.eval_plan([np.full(5, 1)], length=8, rows=16, quantum=1)
+    assert plan.slots == 8
+
+
+@pytest.mark.parametrize("n_devices", [1, 8])
+def test_packed_prediction_matches_padded(n_devices):
+    """loop.predict packed (several examples to a row, a short last batch)
+    gives every example the probabilities it gets padded, in order."""
+    from w2s_jax.core import sharding
+    from w2s_jax.models import registry
+    model = registry.resolve("tiny-gpt2-random")
+    rng = np.random.default_rng(5)
+    sizes = np.concatenate([[64, 33], rng.integers(1, 30, 75)])
+    ids = [rng.integers(0, 256, n).astype(np.int32) for n in sizes]
+    make_inputs = loop.token_inputs(ids, pad_id=0, max_ctx=64, packable=True)
+    mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:n_devices])
+    module = steps.build_classifier(model, num_classes=3, linear_probe=False,
+                                    head_init="normal")
+    params = steps.init_params(module, model, head_init="normal", seed=0,
+                               mesh=mesh)
+    predict_step = steps.make_predict_step(steps.module_forward(module), mesh)
+    plan = packing.eval_plan([sizes], length=64, rows=16, quantum=n_devices)
+    assert len(plan.rows) == 2  # a whole batch and a shorter last one
+    common = dict(make_inputs=make_inputs, lengths=sizes, batch_size=16,
+                  max_ctx=64, mesh=mesh, num_classes=3)
+    padded = loop.predict(predict_step, params, **common)
+    packed = loop.predict(predict_step, params, packed=plan, **common)
+    np.testing.assert_allclose(packed, padded, rtol=1e-5, atol=1e-6)
+    assert padded.std(0).min() > 1e-3  # the head makes examples differ

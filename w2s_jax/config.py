@@ -210,15 +210,15 @@ def base_config() -> ml_collections.ConfigDict:
     # Batches shorter than a stage's longest take minibatches of more rows,
     # up to the same tokens (memory) as minibatch_size rows at the longest.
     config.train.minibatch_by_tokens = True
-    # Train with several examples per row, each attending to itself only
-    # (w2s_jax/data/packing.py): no padding between short examples, the
-    # same logits up to rounding.
+    # Train and predict with several examples per row, each attending to
+    # itself only (w2s_jax/data/packing.py): no padding between short
+    # examples, the same logits up to rounding.
     config.train.pack = True
     config.train.epochs = 2
     config.train.lr_schedule = "cosine"  # cosine decay to 0 over all steps
     config.train.warmup_steps = 0
     config.train.weight_decay = 0.0
-    config.train.eval_batch_size = 64
+    config.train.eval_batch_size = 64  # examples a batch; packed: rows
     config.train.log_every = 10  # steps between progress lines
     # Training curves besides the console (w2s_jax/core/metric_writers.py):
     # at every progress line (train/loss, train/examples_per_s) and every

@@ -17,6 +17,7 @@ longest unpacked one: the step's memory is unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -41,15 +42,17 @@ def first_fit(lengths, capacity: int) -> list[list[int]]:
 
 
 def pack(ids: list[np.ndarray], indices: np.ndarray, *, rows: int,
-         length: int, pad_id: int
+         length: int, pad_id: int, placed: list[list[int]] | None = None
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input_ids, segments) [rows, length] and example_segments [E] of the
-    examples `indices`, packed by first_fit.
+    examples `indices`, packed by first_fit, or as `placed` says (rows of
+    positions into `indices`, as first_fit gives them).
 
     Segments are numbered 1..E in row order (0: padding); example j's is
     example_segments[j]. Rows past those the examples need are padding.
     """
-    placed = first_fit([len(ids[i]) for i in indices], length)
+    if placed is None:
+        placed = first_fit([len(ids[i]) for i in indices], length)
     if len(placed) > rows:
         raise ValueError(f"{len(indices)} examples need {len(placed)} rows "
                          f"of {length} tokens, more than {rows}")
@@ -151,6 +154,53 @@ def _split(lengths: np.ndarray, size: int) -> list[np.ndarray]:
         members[g].append(int(i))
         tokens[g] += lengths[i]
     return [np.array(sorted(m), np.int64) for m in members]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPacking:
+    """How a stage packs the sets it predicts on: rows of `length` tokens,
+    a batch of at most max(rows) rows padded to one of `rows`, and `slots`
+    example slots in every row (those past its own examples are
+    discarded). One plan for all of a stage's sets, so its predict step
+    compiles one program per row count."""
+    length: int
+    rows: tuple[int, ...]
+    slots: int
+
+
+def eval_batches(lengths: np.ndarray, *, length: int, rows: int
+                 ) -> list[list[list[int]]]:
+    """A prediction pass's batches: every example placed by first-fit
+    decreasing over the whole set (long examples first, short ones filling
+    their rows' ends, so few slots are left empty), its rows taken in
+    order, `rows` to a batch (the last may have fewer). Each batch is a
+    list of rows, each row the positions of its examples."""
+    placed = first_fit(lengths, length)
+    return [placed[i:i + rows] for i in range(0, len(placed), rows)]
+
+
+def eval_plan(length_sets: list[np.ndarray], *, length: int, rows: int,
+              quantum: int) -> EvalPacking:
+    """The EvalPacking of a stage's prediction sets, batches of up to
+    `rows` rows (a multiple of `quantum`, the mesh's batch divisor).
+
+    Example slots per row: as many as the fullest row holds, rounded up to
+    a power of two (so stages of other seeds mostly share the program).
+    Row counts: `rows`, and each set's last batch rounded up to a multiple
+    of 8 and of `quantum`, so a short last batch is not padded to a whole
+    one."""
+    if rows % quantum:
+        raise ValueError(f"{rows} rows a batch do not split over the "
+                         f"mesh's {quantum} batch shards")
+    step = math.lcm(8, quantum)
+    fullest, counts = 1, {rows}
+    for lengths in length_sets:
+        batches = eval_batches(lengths, length=length, rows=rows)
+        if batches:
+            fullest = max(fullest, *(len(r) for b in batches for r in b))
+            counts.add(min(rows, -(-len(batches[-1]) // step) * step))
+    return EvalPacking(int(length), tuple(sorted(int(c) for c in counts)),
+                       1 << (fullest - 1).bit_length())
 
 
 def waste(lengths: np.ndarray, batches: list[np.ndarray],

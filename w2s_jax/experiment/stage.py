@@ -22,7 +22,7 @@ import numpy as np
 
 from w2s_jax.core import metric_writers, sharding, stages
 from w2s_jax.core.progress import log
-from w2s_jax.data import batching
+from w2s_jax.data import batching, packing
 from w2s_jax.experiment import early_stopping
 from w2s_jax.report import metrics
 from w2s_jax.train import features, loop, losses, memory, steps
@@ -87,17 +87,27 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
         val_idx = None if val is None else train_idx[val.held_out]
         # One set of padded lengths for every set this stage's predict step
         # runs on, so it compiles as few shapes as the ladder would.
-        rungs = batching.eval_rungs(
+        length_sets = (
             [learner.lengths(side, idx) for side, idx, _ in predict_sets.values()]
-            + ([] if val is None else [learner.lengths("train", val_idx)]),
-            settings.eval_batch_size, settings.max_ctx)
+            + ([] if val is None else [learner.lengths("train", val_idx)]))
+        rungs = batching.eval_rungs(length_sets, settings.eval_batch_size,
+                                    settings.max_ctx)
+        # A stage that trains packed predicts packed too, in rows as long
+        # as its longest padded example, eval_batch_size rows to a batch.
+        packed = None
+        if rungs and settings.pack and hasattr(
+                learner.inputs("test", np.arange(0)), "pack"):
+            packed = packing.eval_plan(
+                length_sets, length=max(rungs), rows=settings.eval_batch_size,
+                quantum=sharding.batch_size_divisor(ctx.mesh))
 
         def predict_probs(params, side, idx):
             return loop.predict(
                 predict_step, params, make_inputs=learner.inputs(side, idx),
                 lengths=learner.lengths(side, idx),
                 batch_size=settings.eval_batch_size, max_ctx=settings.max_ctx,
-                mesh=ctx.mesh, num_classes=num_classes, rungs=rungs)
+                mesh=ctx.mesh, num_classes=num_classes, rungs=rungs,
+                packed=packed)
 
         evals_dir = os.path.join(inprogress_dir, "evals")
         on_eval = None

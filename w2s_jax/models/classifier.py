@@ -72,6 +72,17 @@ def pool_segments(hidden: jax.Array, segments: jax.Array,
     return flat[at[example_segments]]
 
 
+def pool_row_segments(hidden: jax.Array, segments: jax.Array,
+                      row_segments: jax.Array, pooling: str) -> jax.Array:
+    """pool_segments row by row: [B, S, D], the examples of row b being
+    its segments row_segments[b] (numbered 1..S within each row; 0:
+    an empty slot, whose output is junk). Every example is pooled from its
+    own row, so rows split over devices pool where they are: prediction
+    (loop.predict, packed) moves no hidden state between devices."""
+    return jax.vmap(lambda h, s, e: pool_segments(h[None], s[None], e, pooling)
+                    )(hidden, segments, row_segments)
+
+
 class Classifier(nn.Module):
     """logits [B, num_classes] (float32) = head(pool_last_token(backbone(...))).
 
@@ -107,15 +118,18 @@ class Classifier(nn.Module):
                  example_segments: jax.Array | None = None) -> jax.Array:
         """With `example_segments` [E] the rows are packed (packing.pack):
         attention_mask holds segment ids, and the logits are [E, K], one
-        row per example."""
+        row per example. With [B, S] example slots per row instead (each
+        row's segments numbered from 1), they are [B, S, K]
+        (pool_row_segments)."""
         if example_segments is None:
             hidden = self.backbone(input_ids, attention_mask).astype(jnp.float32)
             pooled = POOLINGS[self.pooling](hidden, attention_mask)
         else:
             hidden = self.backbone(input_ids, attention_mask,
                                    layers.segment_positions(attention_mask))
-            pooled = pool_segments(hidden.astype(jnp.float32), attention_mask,
-                                   example_segments, self.pooling)
+            pool = pool_segments if example_segments.ndim == 1 else pool_row_segments
+            pooled = pool(hidden.astype(jnp.float32), attention_mask,
+                          example_segments, self.pooling)
         if self.linear_probe:
             pooled = jax.lax.stop_gradient(pooled)
         head = nn.Dense(

@@ -25,15 +25,15 @@ def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int,
     """make_inputs(indices, rows, rungs) -> (input_ids, attention_mask),
     right-padded to the rung (batching.padded_length) of the longest.
     `packable` (for a Classifier's forward, which takes packed rows) adds
-    make_inputs.pack(indices, rows, length) -> packing.pack's inputs, and
-    finetune trains packed (TrainSettings.pack)."""
+    make_inputs.pack(indices, rows, length, placed=None) -> packing.pack's
+    inputs, and finetune trains packed (TrainSettings.pack)."""
     def make_inputs(indices, rows, rungs=None):
         return batching.pad(ids, indices, rows=rows, max_ctx=max_ctx,
                             pad_id=pad_id, rungs=rungs)
 
-    def pack(indices, rows, length):
+    def pack(indices, rows, length, placed=None):
         return packing.pack(ids, indices, rows=rows, length=length,
-                            pad_id=pad_id)
+                            pad_id=pad_id, placed=placed)
     if packable:
         make_inputs.pack = pack
     return make_inputs
@@ -41,17 +41,24 @@ def token_inputs(ids: list[np.ndarray], *, pad_id: int, max_ctx: int,
 
 def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
             batch_size: int, max_ctx: int, mesh, num_classes: int,
-            rungs: tuple[int, ...] | None = None) -> np.ndarray:
+            rungs: tuple[int, ...] | None = None,
+            packed: packing.EvalPacking | None = None) -> np.ndarray:
     """Class probabilities [N, K] in the original example order, from
     length-sorted batches padded to `rungs` (default: fitted to these
     batches, batching.fit_rungs; a step that predicts several sets takes
     batching.eval_rungs of all of them, so it compiles fewer shapes).
+    With `packed` (and make_inputs.pack), several examples share a row
+    instead (_predict_packed).
 
     After a call that compiled (a batch shape new to `predict_step`), and at
     the end of a pass that compiled, free host memory is given back
     (host_memory.give_back_free_memory); an evaluation during training,
     on shapes compiled before, gives nothing back, so the train step's
     kept buffers stay."""
+    if packed is not None:
+        return _predict_packed(predict_step, params, pack=make_inputs.pack,
+                               lengths=lengths, mesh=mesh,
+                               num_classes=num_classes, plan=packed)
     probs = np.zeros((len(lengths), num_classes), np.float32)
     positions = distributed.process_rows(mesh, batch_size)
     compiled = False
@@ -66,6 +73,54 @@ def predict(predict_step, params, *, make_inputs, lengths: np.ndarray,
         # The output is replicated, so every process can read all of it.
         out = np.asarray(predict_step(params, inputs))
         probs[indices] = out[:len(indices)]
+        compiled |= _after_new_shape(predict_step, inputs)
+    if compiled:
+        host_memory.give_back_free_memory()
+    return probs
+
+
+def _predict_packed(predict_step, params, *, pack, lengths: np.ndarray, mesh,
+                    num_classes: int, plan: packing.EvalPacking) -> np.ndarray:
+    """predict, on packed rows (packing.eval_batches): the e2e benchmark's
+    length-sorted eval batches padded to fitted lengths were 28% padding,
+    packed 0.7% (bench/RESULTS.md 4i).
+
+    Each row's examples are numbered from 1 within the row and pooled
+    there (classifier.pool_row_segments), so a mesh that splits the rows
+    never moves hidden states between devices (pooled by example, XLA
+    gathers them across devices, and several processes then got other
+    float roundings than one). Every process packs the whole batch the same
+    way; the outputs of empty slots are dropped."""
+    if len(lengths) and lengths.max() > plan.length:
+        raise ValueError(f"an example of {lengths.max()} tokens does not fit "
+                         f"the plan's rows of {plan.length}")
+    probs = np.zeros((len(lengths), num_classes), np.float32)
+    compiled = False
+    for rows in packing.eval_batches(lengths, length=plan.length,
+                                     rows=max(plan.rows)):
+        members = np.array([i for row in rows for i in row])
+        sizes = [len(row) for row in rows]
+        if max(sizes) > plan.slots:
+            raise ValueError(f"a row of {max(sizes)} examples exceeds the "
+                             f"plan's {plan.slots} slots: a set the plan "
+                             f"was not made for (packing.eval_plan)")
+        starts = np.cumsum([0] + sizes)
+        ids, segments, _ = pack(
+            members, next(r for r in plan.rows if r >= len(rows)),
+            plan.length, placed=[list(range(a, b)) for a, b in
+                                 zip(starts[:-1], starts[1:])])
+        # pack numbers segments 1..E in row order: row r's from starts[r]+1.
+        first = np.zeros(len(segments), np.int64)
+        first[:len(rows)] = starts[:-1]
+        segments = np.where(segments > 0, segments - first[:, None], 0)
+        slots = np.zeros((len(segments), plan.slots), np.int32)
+        for r, size in enumerate(sizes):
+            slots[r, :size] = np.arange(1, size + 1)
+        inputs = sharding.to_global(mesh, (ids, segments.astype(np.int32),
+                                           slots))
+        out = np.asarray(predict_step(params, inputs))
+        probs[members] = np.concatenate(
+            [out[r, :size] for r, size in enumerate(sizes)])
         compiled |= _after_new_shape(predict_step, inputs)
     if compiled:
         host_memory.give_back_free_memory()
