@@ -74,24 +74,37 @@ def slot_table(seeds, n_train):
                 f"{n:,} ({1 - real / n:.0%})" for n in row) + " |")
 
 
-def step_table():
+def step_parts(name="minilm-l6", *, minibatch=MINIBATCH, lr=1e-5,
+               head_init="zeros"):
+    """A MiniLM train step's pieces on one device (also for
+    bench/dense_dot_step.py): mesh, module, params, 32 examples of 9-15
+    random tokens (sst2's MiniLM lengths) and the settings."""
     import jax
     from w2s_jax.core import sharding
-    from w2s_jax.train import losses, steps
+    from w2s_jax.train import steps
 
-    model = registry.resolve("minilm-l6")
+    model = registry.resolve(name)
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
     module = steps.build_classifier(model, num_classes=2, linear_probe=False,
-                                    head_init="zeros")
-    params = steps.init_params(module, model, head_init="zeros", seed=0,
+                                    head_init=head_init)
+    params = steps.init_params(module, model, head_init=head_init, seed=0,
                                mesh=mesh)
     rng = np.random.default_rng(0)
     ids = [rng.integers(1000, 2000, n).astype(np.int32)
            for n in rng.integers(9, 16, BATCH)]
     settings = steps.TrainSettings(
-        lr=1e-5, head_lr=None, batch_size=BATCH, minibatch_size=MINIBATCH,
+        lr=lr, head_lr=None, batch_size=BATCH, minibatch_size=minibatch,
         epochs=1, lr_schedule="constant", warmup_steps=0, weight_decay=0.0,
         eval_batch_size=BATCH, max_ctx=MAX_CTX, log_every=10)
+    return mesh, module, params, ids, settings
+
+
+def step_table():
+    import jax
+    from w2s_jax.core import sharding
+    from w2s_jax.train import losses, steps
+
+    mesh, module, params, ids, settings = step_parts()
     tx = steps.make_optimizer(settings)
     everyone = np.arange(BATCH)
     cases = {"padded 32 x 16": batching.pad(ids, everyone, rows=BATCH,

@@ -59,10 +59,15 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 # block in the backward pass; "dots" keeps the outputs of its weight matmuls
 # (dot_generals without batch dimensions) and recomputes the rest, including
 # attention's batched einsums, whose [B, H, L, L] outputs dominate memory.
+# The projections' matmuls are a custom_vjp (models/dense_dot.py), which the
+# dots policy cannot see into, so their outputs carry this name as well.
+DENSE_OUTPUT = "dense_output"
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT)),
 }
 
 
