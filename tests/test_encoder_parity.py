@@ -133,7 +133,7 @@ def test_weight_gradients_match_torch(models):
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     expected = map_weights(torch_grads, table=family.HF_WEIGHT_MAP,
                            prefixes=family.HF_PREFIXES,
-                           num_layers=len([k for k in params if k.startswith("layer_")]),
+                           num_layers=family.num_layers(backbone.config),
                            abstract_params=abstract, unneeded=family.HF_UNNEEDED)
     # PyTorch's nn.Embedding(padding_idx) never gives the pad row a
     # gradient; the batch has the pad id inside real text, which real
