@@ -53,6 +53,22 @@ def test_plan_splits_only_what_does_not_fit_and_fits_row_counts():
         1 - 280 / 320)
 
 
+@pytest.mark.parametrize("shape_cost, rows_for", [
+    # Padded rows in all (rows x minibatches): 4 shapes 921, 3 (7 and 8
+    # rows for one minibatch) 949, 2 (8 rows) 1028; plus cost x shapes.
+    (0, {1: (6, 7, 8), 2: (5,)}),     # 921 is least
+    (20, {1: (6, 7, 8), 2: (5,)}),    # 1001 < 1009 < 1068
+    (64, {1: (7, 8), 2: (5,)}),       # 1141 < 1156 < 1177
+    (100, {1: (8,), 2: (5,)}),        # 1228 < 1249 < 1321
+])
+def test_a_shape_is_kept_only_if_it_saves_more_rows_than_it_costs(
+        shape_cost, rows_for):
+    # The MiniLM-L3 weak stage of bench/e2e_vs_release.py: rows each batch
+    # needs, by its number of minibatches.
+    needs = {1: [5] + [6] * 27 + [7] * 51 + [8] * 37, 2: [5] * 10}
+    assert packing._fit_row_counts(needs, 4, shape_cost) == rows_for
+
+
 def _configs():
     enc = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2,
                num_attention_heads=2, intermediate_size=32,

@@ -81,17 +81,19 @@ class PackedBatch:
 
 
 def plan(lengths: np.ndarray, batches: list[np.ndarray], *, row_length: int,
-         max_rows: int, group_sizes: list[int], quantum: int, shapes: int
-         ) -> list[PackedBatch]:
+         max_rows: int, group_sizes: list[int], quantum: int, shapes: int,
+         shape_cost: float = 0.0) -> list[PackedBatch]:
     """Each batch split into the fewest minibatches (of one of
     `group_sizes` examples, largest first) whose examples pack into at most
     `max_rows` rows each, with rows rounded up to one of a few counts.
 
     A batch's shape is (minibatches, rows). The row counts, multiples of
     `quantum` (the mesh's batch divisor), are fitted to the batches at hand
-    for the fewest padded rows in all with at most `shapes` shapes (at
-    least one per minibatch count): so a stage compiles no more programs
-    than it would padded to fitted lengths.
+    for the fewest padded rows in all plus `shape_cost` rows per shape
+    (what a program's compile costs, in rows of steps), with at most
+    `shapes` shapes (at least one per minibatch count): so a stage compiles
+    no more programs than it would padded to fitted lengths, and a shape
+    only when it saves more padded rows than its compile costs.
     """
     layouts = []
     for indices in batches:
@@ -108,18 +110,19 @@ def plan(lengths: np.ndarray, batches: list[np.ndarray], *, row_length: int,
     needs: dict[int, list[int]] = {}  # minibatches -> each batch's rows
     for groups, need in layouts:
         needs.setdefault(len(groups), []).append(-(-need // quantum) * quantum)
-    rows_for = _fit_row_counts(needs, shapes)
+    rows_for = _fit_row_counts(needs, shapes, shape_cost)
     return [PackedBatch(tuple(groups),
                         next(r for r in rows_for[len(groups)] if r >= need))
             for groups, need in layouts]
 
 
-def _fit_row_counts(needs: dict[int, list[int]], shapes: int
-                    ) -> dict[int, tuple[int, ...]]:
+def _fit_row_counts(needs: dict[int, list[int]], shapes: int,
+                    shape_cost: float = 0.0) -> dict[int, tuple[int, ...]]:
     """{minibatches: row counts} with the fewest padded rows in all (rows
-    times minibatches), at most `shapes` counts over all minibatch counts
-    and at least one each: batching's dynamic program per minibatch count,
-    and the counts shared out between them by a second one."""
+    times minibatches) plus `shape_cost` per count, at most `shapes` counts
+    over all minibatch counts and at least one each: batching's dynamic
+    program per minibatch count, the counts shared out between them by a
+    second one, and then the number of counts that costs least."""
     shapes = max(shapes, len(needs))
     options = {}  # minibatches -> [(padded rows, counts)] for 1, 2, ... counts
     for m, rows in needs.items():
@@ -139,7 +142,8 @@ def _fit_row_counts(needs: dict[int, list[int]], shapes: int
                         or total + cost < extended[used + k][0]):
                     extended[used + k] = (total + cost, {**picked, m: chosen})
         best = extended
-    return min(best.values(), key=lambda x: x[0])[1]
+    used = min(best, key=lambda k: (best[k][0] + shape_cost * k, k))
+    return best[used][1]
 
 
 def _split(lengths: np.ndarray, size: int) -> list[np.ndarray]:

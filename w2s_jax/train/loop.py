@@ -104,20 +104,9 @@ def _predict_packed(predict_step, params, *, pack, lengths: np.ndarray, mesh,
             raise ValueError(f"a row of {max(sizes)} examples exceeds the "
                              f"plan's {plan.slots} slots: a set the plan "
                              f"was not made for (packing.eval_plan)")
-        starts = np.cumsum([0] + sizes)
-        ids, segments, _ = pack(
-            members, next(r for r in plan.rows if r >= len(rows)),
-            plan.length, placed=[list(range(a, b)) for a, b in
-                                 zip(starts[:-1], starts[1:])])
-        # pack numbers segments 1..E in row order: row r's from starts[r]+1.
-        first = np.zeros(len(segments), np.int64)
-        first[:len(rows)] = starts[:-1]
-        segments = np.where(segments > 0, segments - first[:, None], 0)
-        slots = np.zeros((len(segments), plan.slots), np.int32)
-        for r, size in enumerate(sizes):
-            slots[r, :size] = np.arange(1, size + 1)
-        inputs = sharding.to_global(mesh, (ids, segments.astype(np.int32),
-                                           slots))
+        inputs = sharding.to_global(mesh, packed_eval_inputs(
+            pack, rows, next(r for r in plan.rows if r >= len(rows)),
+            plan.length, plan.slots))
         out = np.asarray(predict_step(params, inputs))
         probs[members] = np.concatenate(
             [out[r, :size] for r, size in enumerate(sizes)])
@@ -125,6 +114,27 @@ def _predict_packed(predict_step, params, *, pack, lengths: np.ndarray, mesh,
     if compiled:
         host_memory.give_back_free_memory()
     return probs
+
+
+def packed_eval_inputs(pack, rows: list[list[int]], n_rows: int,
+                       length: int, slots: int) -> tuple:
+    """(ids, segments, slots) of one packed prediction batch: `rows`
+    (example indices a row, packing.eval_batches') packed by `pack` into
+    `n_rows` rows of `length` tokens, each row's examples numbered from 1
+    within the row, in its segments and in its `slots` slot numbers."""
+    sizes = [len(row) for row in rows]
+    starts = np.cumsum([0] + sizes)
+    ids, segments, _ = pack(
+        np.array([i for row in rows for i in row]), n_rows, length,
+        placed=[list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])])
+    # pack numbers segments 1..E in row order: row r's from starts[r]+1.
+    first = np.zeros(len(segments), np.int64)
+    first[:len(rows)] = starts[:-1]
+    segments = np.where(segments > 0, segments - first[:, None], 0)
+    slot_ids = np.zeros((len(segments), slots), np.int32)
+    for r, size in enumerate(sizes):
+        slot_ids[r, :size] = np.arange(1, size + 1)
+    return ids, segments.astype(np.int32), slot_ids
 
 
 # The input shapes each jitted step has been called with (so compiled for).
@@ -284,6 +294,12 @@ def _padded_batches(name, make_inputs, lengths, all_batches, train_targets,
 # of minibatches: on sst2's MiniLM batches, 4 pad within 0.1% of the rows
 # that a shape per batch would (bench/RESULTS.md 4g).
 PACKED_SHAPES = 4
+# A shape is compiled only if it saves more padded token slots a device
+# over the stage than this. On one Zen 3 core a MiniLM train-step shape
+# compiles in 4.5-7 s (about 3 s loaded from the compilation cache), while
+# a padded row of 64 tokens costs 35-60 ms a step: about 64 such rows pay
+# for a cached shape (bench/RESULTS.md 4k). Both grow with the model.
+PACKED_SHAPE_TOKENS = 4096
 
 
 def _packed_batches(name, pack, lengths, all_batches, train_targets,
@@ -297,7 +313,10 @@ def _packed_batches(name, pack, lengths, all_batches, train_targets,
     layouts = packing.plan(
         lengths, all_batches, row_length=row_length,
         max_rows=settings.minibatch_size,
-        group_sizes=_minibatch_sizes(settings), quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES)
+        group_sizes=_minibatch_sizes(settings),
+        quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES,
+        shape_cost=(PACKED_SHAPE_TOKENS / row_length
+                    * sharding.batch_size_divisor(mesh)))
     log(f"[{name}] batches packed into rows of {row_length} tokens, as "
         + ", ".join(f"{m} x {rows}" for m, rows in
                     sorted({(len(p.groups), p.rows) for p in layouts}))

@@ -444,14 +444,56 @@ def make_train_step(forward: Callable, tx, loss: losses.Loss,
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
+# XLA:CPU runs a prediction batch 25-35% slower per token once the largest
+# activations outgrow the last-level cache (MiniLM-L6, 64 rows of 64
+# tokens: the MLP's [4096, 1536] float32, 25 MB against a 32 MiB L3;
+# bench/RESULTS.md 4k). So on one CPU device the rows go through the model
+# in chunks of at most this many tokens; an accelerator takes the batch
+# whole.
+CPU_PREDICT_TOKENS = 512
+
+
+def predict_chunks(inputs, mesh) -> int:
+    """How many chunks make_predict_step runs a batch's rows in: the fewest
+    of at most CPU_PREDICT_TOKENS tokens (or one row) each, for token ids
+    [rows, length, ...] (not features) on a mesh of one CPU device; 1
+    otherwise. Chunked over several devices, one process and two computed
+    other float roundings (tests/test_multihost.py), and a CPU mesh of
+    several devices is for tests and multi-host parity."""
+    first = jax.tree.leaves(inputs)[0]
+    if (mesh.size != 1 or mesh.devices.flat[0].platform != "cpu"
+            or first.ndim < 2 or not jnp.issubdtype(first.dtype, jnp.integer)):
+        return 1
+    rows, length = first.shape[:2]
+    return next(n for n in range(1, rows + 1)
+                if rows % n == 0
+                and (rows // n * length <= CPU_PREDICT_TOKENS or rows // n == 1))
+
+
+def _forward_in_chunks(forward, params, inputs, chunks: int):
+    """forward over `chunks` consecutive slices of the rows. Rows are
+    independent (each is pooled on its own), so this is the same function
+    of the batch."""
+    if chunks == 1:
+        return forward(params, inputs)
+    rows = jax.tree.leaves(inputs)[0].shape[0]
+    outputs = jax.lax.map(
+        lambda part: forward(params, part),
+        jax.tree.map(lambda x: x.reshape(chunks, rows // chunks,
+                                         *x.shape[1:]), inputs))
+    return jax.tree.map(lambda y: y.reshape(rows, *y.shape[2:]), outputs)
+
+
 def make_predict_step(forward: Callable, mesh, param_shardings=None,
                       rules=sharding.RULES) -> Callable:
-    """Jitted class probabilities; `param_shardings` None = replicated."""
+    """Jitted class probabilities; `param_shardings` None = replicated.
+    On one CPU device the rows run in chunks (predict_chunks)."""
     sharding.check_rules(rules, mesh)
 
     def predict_probs(params, inputs):
         with sharding.activation_rules(mesh, rules):
-            logits = forward(params, inputs)
+            logits = _forward_in_chunks(forward, params, inputs,
+                                        predict_chunks(inputs, mesh))
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     if param_shardings is None:
