@@ -20,22 +20,18 @@ import time
 
 import numpy as np
 
+import packing as packing_bench  # bench/packing.py
+
 LENGTH = 64
 
 
 def table(name: str, rows: int, budgets: list[int], rounds: int) -> None:
-    import jax
     from w2s_jax.core import sharding
     from w2s_jax.data import packing
-    from w2s_jax.models import registry
     from w2s_jax.train import loop, steps
 
-    model = registry.resolve(name)
-    mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
-                                    head_init="normal")
-    params = steps.init_params(module, model, head_init="normal", seed=0,
-                               mesh=mesh)
+    mesh, module, params, _, _ = packing_bench.step_parts(
+        name, head_init="normal")
     rng = np.random.default_rng(0)
     ids = [rng.integers(1000, 2000, n).astype(np.int32)
            for n in rng.integers(9, 20, rows * 4)]
