@@ -30,6 +30,12 @@ def test_chunk_counts(monkeypatch, n_devices, rows, length, budget, chunks):
     assert steps.predict_chunks((ids, ids), _mesh(n_devices)) == chunks
 
 
+def test_a_choice_row_counts_all_its_candidates_tokens(monkeypatch):
+    monkeypatch.setattr(steps, "CPU_PREDICT_TOKENS", 512)
+    ids = jnp.zeros((16, 4, 32), jnp.int32)  # 4 candidates of 32 tokens
+    assert steps.predict_chunks(ids, _mesh(1)) == 4  # 4 rows, 512 tokens
+
+
 def test_features_are_not_chunked():
     features = jnp.zeros((64, 4096), jnp.float32)
     assert steps.predict_chunks(features, _mesh(1)) == 1

@@ -7,6 +7,7 @@ parameters' shardings, with replicated parameters as the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -456,18 +457,17 @@ CPU_PREDICT_TOKENS = 512
 def predict_chunks(inputs, mesh) -> int:
     """How many chunks make_predict_step runs a batch's rows in: the fewest
     of at most CPU_PREDICT_TOKENS tokens (or one row) each, for token ids
-    [rows, length, ...] (not features) on a mesh of one CPU device; 1
-    otherwise. Chunked over several devices, one process and two computed
-    other float roundings (tests/test_multihost.py), and a CPU mesh of
-    several devices is for tests and multi-host parity."""
+    [rows, ...] (not features; a choice scorer's row is its candidates) on
+    a mesh of one CPU device; 1 otherwise. A CPU mesh of several devices is
+    for tests and multi-host parity, so it keeps the simpler program."""
     first = jax.tree.leaves(inputs)[0]
     if (mesh.size != 1 or mesh.devices.flat[0].platform != "cpu"
             or first.ndim < 2 or not jnp.issubdtype(first.dtype, jnp.integer)):
         return 1
-    rows, length = first.shape[:2]
+    rows, per_row = first.shape[0], math.prod(first.shape[1:])
     return next(n for n in range(1, rows + 1)
                 if rows % n == 0
-                and (rows // n * length <= CPU_PREDICT_TOKENS or rows // n == 1))
+                and (rows // n * per_row <= CPU_PREDICT_TOKENS or rows // n == 1))
 
 
 def _forward_in_chunks(forward, params, inputs, chunks: int):
