@@ -19,37 +19,20 @@ the programs compute the same thing.
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
 
 import packing as packing_bench  # bench/packing.py
-
-BATCH, LENGTH = packing_bench.BATCH, packing_bench.MAX_CTX
+import timing  # bench/timing.py
 
 
 def build(name: str, rows: int, form: str):
     from jax import lax
-    from w2s_jax.core import sharding
-    from w2s_jax.data import packing
     from w2s_jax.models import dense_dot
-    from w2s_jax.train import losses, steps
 
     # A normal head and one-hot targets, so the backbone's gradients are
     # not zero at the first step.
-    mesh, module, params, ids, settings = packing_bench.step_parts(
-        name, minibatch=rows, lr=1e-4, head_init="normal")
-    rng = np.random.default_rng(1)
-    tx = steps.make_optimizer(settings)
-    inputs = packing.pack(ids, np.arange(BATCH), rows=rows, length=LENGTH,
-                          pad_id=0)
-    targets = np.eye(2, dtype=np.float32)[rng.integers(0, 2, BATCH)]
-    step = steps.make_train_step(steps.module_forward(module), tx,
-                                 losses.get_loss("xent"), {}, mesh,
-                                 param_shardings=sharding.shardings_of(params))
-    batch = sharding.to_global(mesh, {"inputs": tuple(x[None] for x in inputs),
-                                      "targets": targets[None]}, 1)
-    state = steps.init_state(tx, params, mesh, total_steps=100)
+    step, state, batch = packing_bench.packed_xent_step(
+        *packing_bench.step_parts(name, minibatch=rows, lr=1e-4,
+                                  head_init="normal"), rows)
     # Module attributes read while tracing, so only this program sees them.
     saved = dense_dot.dot_general, dense_dot._weight_grad_cpu
     if form == "lax":
@@ -81,20 +64,8 @@ def main():
             runs = {form: build(name, rows, form) for form in forms}
             if len({run[0].as_text() for run in runs.values()}) < len(forms):
                 raise SystemExit("two forms compiled to the same program")
-            loss = {}
-            for form, run in runs.items():
-                for _ in range(3):
-                    run[1], metrics = run[0](run[1], run[2])
-                loss[form] = float(metrics["loss"])
-            times = {form: [] for form in runs}
-            for _ in range(args.rounds):
-                for form, run in runs.items():
-                    started = time.perf_counter()
-                    for _ in range(args.steps):
-                        run[1], metrics = run[0](run[1], run[2])
-                    float(metrics["loss"])
-                    times[form].append((time.perf_counter() - started) / args.steps)
-            ms = [1000 * np.median(times[f]) for f in forms]
+            seconds, loss = timing.alternate_steps(runs, args.rounds, args.steps)
+            ms = [1000 * seconds[f] for f in forms]
             print(f"| {name} | {rows} | " + " | ".join(f"{t:.1f}" for t in ms)
                   + f" | {ms[2] / ms[0] - 1:+.1%} | "
                   + " / ".join(f"{loss[f]:.6f}" for f in forms) + " |", flush=True)

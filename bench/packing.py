@@ -99,6 +99,25 @@ def step_parts(name="minilm-l6", *, minibatch=MINIBATCH, lr=1e-5,
     return mesh, module, params, ids, settings
 
 
+def packed_xent_step(mesh, module, params, ids, settings, rows: int):
+    """(jitted xent step, its state, one batch): step_parts' 32 examples
+    packed into `rows` rows of 64 tokens, one-hot random targets (for
+    bench/dense_dot_step.py and bench/compact_vocab.py)."""
+    from w2s_jax.core import sharding
+    from w2s_jax.train import losses, steps
+
+    tx = steps.make_optimizer(settings)
+    inputs = packing.pack(ids, np.arange(BATCH), rows=rows, length=MAX_CTX,
+                          pad_id=0)
+    targets = np.eye(2, dtype=np.float32)[
+        np.random.default_rng(1).integers(0, 2, BATCH)]
+    step = steps.make_train_step(steps.module_forward(module), tx,
+                                 losses.get_loss("xent"), {}, mesh,
+                                 param_shardings=sharding.shardings_of(params))
+    batch = sharding.to_global(mesh, {"inputs": tuple(x[None] for x in inputs),
+                                      "targets": targets[None]}, 1)
+    return step, steps.init_state(tx, params, mesh, total_steps=100), batch
+
 def step_table():
     import jax
     from w2s_jax.core import sharding

@@ -214,6 +214,10 @@ def base_config() -> ml_collections.ConfigDict:
     # itself only (w2s_jax/data/packing.py): no padding between short
     # examples, the same logits up to rounding.
     config.train.pack = True
+    # Finetune a token table of only the rows the run's examples use, their
+    # ids renumbered (w2s_jax/models/vocabulary.py): the same predictions,
+    # a smaller gradient and Adam state.
+    config.train.compact_vocab = True
     config.train.epochs = 2
     config.train.lr_schedule = "cosine"  # cosine decay to 0 over all steps
     config.train.warmup_steps = 0

@@ -83,7 +83,14 @@ class Context:
         layer = model_cfg.feature_layer if layer is None else layer
         key = (index, mode, layer if mode == "features" else None)
         if key not in self._learners:
-            self._learners[key] = _make_learner(self, index, mode, layer)
+            learner = self._learners[key] = _make_learner(self, index, mode, layer)
+            vocab = getattr(learner, "vocab", None)
+            if vocab is not None:
+                log(f"[{learner.role}] {model.name}: a compact vocabulary, the "
+                    f"{len(vocab.ids):,} token ids of the run's examples and "
+                    f"the pad, of {vocab.full_size:,} (a table of "
+                    f"{vocab.size:,} rows; config.train.compact_vocab=False "
+                    f"trains the whole)")
         return self._learners[key]
 
     def start(self, index: int):
@@ -176,12 +183,14 @@ def _make_learner(ctx: Context, index: int, mode: str, layer: int):
             for side, texts in ctx.texts.items()}
         return learner(role, model, model_cfg, pooling, settings, candidates,
                        compute_dtype=config.compute_dtype, remat=config.remat,
-                       start=start, lora=adapters)
+                       start=start, lora=adapters,
+                       compact_vocab=config.train.compact_vocab)
     if mode == "finetune":
         return learners.TokenLearner(role, model, model_cfg, pooling, settings,
                                      ids, compute_dtype=config.compute_dtype,
                                      remat=config.remat, start=start,
-                                     lora=adapters)
+                                     lora=adapters,
+                                     compact_vocab=config.train.compact_vocab)
     texts = ctx.texts
     bow = model.family == registry.BOW_FAMILY
     feature_spec = ({"name": model.name, "source": model.source} if bow else

@@ -160,7 +160,7 @@ def train_stage(ctx, name: str, learner, *, train_idx: np.ndarray,
             for side in ("train", "test"):
                 idx = np.arange(len(ctx.tokens.kept[side]))
                 arrays[f"features_L{layer}_{side}"] = features.extract(
-                    learner.model, params["backbone"],
+                    learner.net, params["backbone"],
                     [learner.ids[side][i] for i in idx], pooling=learner.pooling,
                     layer=layer, batch_size=settings.eval_batch_size,
                     max_ctx=config.max_ctx, mesh=ctx.mesh,

@@ -20,6 +20,7 @@ from w2s_jax.core.errors import DataError
 from w2s_jax.data import batching
 from w2s_jax.train import loop, steps
 from w2s_jax.models import lora as lora_lib
+from w2s_jax.models import vocabulary
 from w2s_jax.train.features import LinearHead
 
 
@@ -39,6 +40,46 @@ class TokenLearner:
     start: tuple[str, Any] | None = None
     # LoRA adapters (models/lora.py): only they and the head train.
     lora: lora_lib.LoraSpec | None = None
+    # Train a table of only the embedding rows the examples use, the ids
+    # renumbered (models/vocabulary.py): the same predictions, less work.
+    compact_vocab: bool = False
+
+    def __post_init__(self):
+        self.vocab = None
+        if self.compact_vocab and self.reads_rows_only:
+            cfg, pad_id = self.model.backbone_config, self.model.tokenizer.pad_id
+            self.vocab = vocabulary.used_by(
+                vocabulary.flat_sequences(self.ids), full_size=cfg.vocab_size,
+                pad_id=pad_id,
+                # A config that names its pad id reads it in the forward
+                # (MPNet's positions): the pad keeps its number.
+                keep_below=pad_id + 1 if hasattr(cfg, "pad_token_id") else 0)
+        if self.vocab is not None:
+            self.ids = {side: [self._renumbered(x) for x in examples]
+                        for side, examples in self.ids.items()}
+
+    def _renumbered(self, example):
+        if isinstance(example, tuple):  # a ChoiceLearner's candidates
+            return tuple(self.vocab.renumber(x) for x in example)
+        return self.vocab.renumber(example)
+
+    @property
+    def reads_rows_only(self) -> bool:
+        """Whether the model reads its token table only at its inputs' ids
+        (not as an LM head), so a compact vocabulary changes nothing."""
+        return True
+
+    @property
+    def net(self):
+        """The model as this learner trains it: with a compact vocabulary,
+        a table of its rows and a tokenizer of its numbers."""
+        if self.vocab is None:
+            return self.model
+        return dataclasses.replace(
+            self.model, backbone_config=dataclasses.replace(
+                self.model.backbone_config, vocab_size=self.vocab.size),
+            tokenizer=vocabulary.RenumberedTokenizer(self.model.tokenizer,
+                                                     self.vocab))
 
     @property
     def spec(self) -> dict:
@@ -52,6 +93,10 @@ class TokenLearner:
             spec["start"] = self.start[0]
         if self.lora is not None:
             spec["lora"] = dataclasses.asdict(self.lora)
+        if self.vocab is not None:
+            # The ids below are renumbered by it (and a checkpoint's table
+            # holds its rows).
+            spec["vocabulary"] = stages.fingerprint(self.vocab.ids)
         return spec
 
     @property
@@ -68,29 +113,35 @@ class TokenLearner:
 
     def inputs(self, side: str, indices: np.ndarray) -> Callable:
         return loop.token_inputs([self.ids[side][i] for i in indices],
-                                  pad_id=self.model.tokenizer.pad_id,
+                                  pad_id=self.net.tokenizer.pad_id,
                                   max_ctx=self.settings.max_ctx, packable=True)
 
     def build(self, num_classes: int):
+        return self._build(self.net, num_classes)
+
+    def _build(self, model, num_classes: int):
         cfg = self.model_config
         return steps.build_classifier(
-            self.model, num_classes=num_classes, linear_probe=cfg.linear_probe,
+            model, num_classes=num_classes, linear_probe=cfg.linear_probe,
             head_init=cfg.head_init, pooling=self.pooling,
             compute_dtype=self.compute_dtype, remat=self.remat)
 
     def init(self, num_classes: int, seed: int, mesh):
         """(forward, params): the module's forward and its initial params
         (pretrained, or a start's; under LoRA with fresh adapters and, with
-        base_dtype bfloat16, the frozen weights in bfloat16)."""
-        module = self.build(num_classes)
+        base_dtype bfloat16, the frozen weights in bfloat16; with a compact
+        vocabulary, its rows of the whole table, initialised whole so a
+        random init is the same)."""
         params = steps.init_params(
-            module, self.model, head_init=self.model_config.head_init,
-            seed=seed, mesh=mesh,
+            self._build(self.model, num_classes), self.model,
+            head_init=self.model_config.head_init, seed=seed, mesh=mesh,
             backbone_params=self.start[1] if self.start else None,
             lora_spec=self.lora)
+        if self.vocab is not None:
+            params = steps.compact_embedding(params, self.model, self.vocab)
         if self.lora is not None and self.lora.base_dtype == "bfloat16":
             params = steps.cast_frozen(params, self.trainable, jnp.bfloat16)
-        return steps.module_forward(module, self.lora), params
+        return steps.module_forward(self.build(num_classes), self.lora), params
 
 
 @dataclasses.dataclass
@@ -163,7 +214,7 @@ class ChoiceLearner(TokenLearner):
         # a reshape gives the rows back.
         k = self.candidates
         flat = [x for i in indices for x in self.ids[side][i]]
-        pad_id, max_ctx = self.model.tokenizer.pad_id, self.settings.max_ctx
+        pad_id, max_ctx = self.net.tokenizer.pad_id, self.settings.max_ctx
 
         def make_inputs(local, rows, rungs=None):
             local = np.asarray(local)
@@ -173,13 +224,18 @@ class ChoiceLearner(TokenLearner):
             return ids.reshape(rows, k, -1), mask.reshape(rows, k, -1)
         return make_inputs
 
-    def build(self, num_classes: int):
+    @property
+    def reads_rows_only(self) -> bool:
+        # Scored by a tied decoder's LM head, whose softmax spans every row.
+        return self.mode == "reward" or not steps.choice_by_lm(self.model)
+
+    def _build(self, model, num_classes: int):
         if num_classes != self.candidates:
             raise ValueError(f"the examples have {self.candidates} candidates "
                              f"but the targets {num_classes} classes")
         cfg = self.model_config
         return steps.build_choice_scorer(
-            self.model, candidates=self.candidates,
+            model, candidates=self.candidates,
             linear_probe=cfg.linear_probe, head_init=cfg.head_init,
             pooling=self.pooling, compute_dtype=self.compute_dtype,
             remat=self.remat, pairs=self.mode == "reward")

@@ -19,7 +19,8 @@ import optax
 from w2s_jax.core import sharding
 from w2s_jax.core.errors import UsageError
 from w2s_jax.train import losses
-from w2s_jax.models import classifier, layers, lora, registry, tokenizers
+from w2s_jax.models import (classifier, layers, lora, registry, tokenizers,
+                            vocabulary)
 
 # Backbone compute dtypes. Parameters, optimizer state, pooling, head,
 # logits and losses stay float32 whichever is chosen.
@@ -326,6 +327,30 @@ def split_trainable(params, trainable: Callable[[tuple], bool] | None):
     flat = flax.traverse_util.flatten_dict(params)
     return ({k: v for k, v in flat.items() if trainable(k)},
             {k: v for k, v in flat.items() if not trainable(k)})
+
+
+def compact_embedding(params, model: registry.ResolvedModel,
+                      vocab: vocabulary.Vocabulary):
+    """`params` (init_params') with the backbone's token table cut to the
+    vocabulary's rows (Vocabulary.table), on the devices: sharded as the
+    whole table was, or with its rows whole where the mesh does not
+    divide them."""
+    path = ("backbone", *registry.FAMILIES[model.family].embedding_path)
+    flat = flax.traverse_util.flatten_dict(params)
+    table = flat[path]
+    spec = list(table.sharding.spec) + [None] * (table.ndim - len(table.sharding.spec))
+    row_shards = table.shape[0] // table.sharding.shard_shape(table.shape)[0]
+    if vocab.size % row_shards:
+        spec[0] = None
+    rows = np.asarray(vocab.ids)
+
+    def cut(full):
+        out = jnp.zeros((vocab.size, *full.shape[1:]), full.dtype)
+        return out.at[:len(rows)].set(full[rows])
+
+    flat[path] = jax.jit(cut, out_shardings=jax.sharding.NamedSharding(
+        table.sharding.mesh, jax.sharding.PartitionSpec(*spec)))(table)
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 def cast_frozen(params, trainable: Callable[[tuple], bool], dtype):
