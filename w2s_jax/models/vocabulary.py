@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 # The compact table's rows are rounded up to a multiple of this, so that
@@ -48,14 +49,14 @@ class Vocabulary:
                              f"vocabulary of {len(self.ids)} ids")
         return position.astype(np.int32)
 
-    def table(self, full: np.ndarray) -> np.ndarray:
-        """The compact table [size, D] of a full one [full_size, D]."""
+    def table(self, full):
+        """The compact table [size, D] of a full one [full_size, D] (numpy,
+        or a jax array, also inside jit: steps.compact_embedding)."""
         if full.shape[0] != self.full_size:
             raise ValueError(f"a table of {full.shape[0]} rows is not this "
                              f"vocabulary's ({self.full_size})")
-        out = np.zeros((self.size, *full.shape[1:]), full.dtype)
-        out[:len(self.ids)] = full[self.ids]
-        return out
+        out = jnp.zeros((self.size, *full.shape[1:]), full.dtype)
+        return out.at[:len(self.ids)].set(jnp.asarray(full)[self.ids])
 
 
 def used_by(sequences: Iterable[np.ndarray], *, full_size: int, pad_id: int,
@@ -68,8 +69,7 @@ def used_by(sequences: Iterable[np.ndarray], *, full_size: int, pad_id: int,
     positions count non-pad tokens) passes pad_id + 1.
     """
     arrays = [np.asarray(s, np.int64).ravel() for s in sequences]
-    used = np.unique(np.concatenate(
-        [*arrays, [pad_id], np.arange(keep_below)]).astype(np.int64))
+    used = np.unique(np.concatenate([*arrays, [pad_id], np.arange(keep_below)]))
     if used.min() < 0 or used.max() >= full_size:
         raise ValueError(f"token ids must lie in [0, {full_size}); found "
                          f"{int(used.min())}..{int(used.max())}")

@@ -54,9 +54,17 @@ class TokenLearner:
                 # A config that names its pad id reads it in the forward
                 # (MPNet's positions): the pad keeps its number.
                 keep_below=pad_id + 1 if hasattr(cfg, "pad_token_id") else 0)
+        # The model as this learner trains it: with a compact vocabulary, a
+        # table of its rows and a tokenizer of its numbers.
+        self.net = self.model
         if self.vocab is not None:
             self.ids = {side: [self._renumbered(x) for x in examples]
                         for side, examples in self.ids.items()}
+            self.net = dataclasses.replace(
+                self.model, backbone_config=dataclasses.replace(
+                    self.model.backbone_config, vocab_size=self.vocab.size),
+                tokenizer=vocabulary.RenumberedTokenizer(self.model.tokenizer,
+                                                         self.vocab))
 
     def _renumbered(self, example):
         if isinstance(example, tuple):  # a ChoiceLearner's candidates
@@ -68,18 +76,6 @@ class TokenLearner:
         """Whether the model reads its token table only at its inputs' ids
         (not as an LM head), so a compact vocabulary changes nothing."""
         return True
-
-    @property
-    def net(self):
-        """The model as this learner trains it: with a compact vocabulary,
-        a table of its rows and a tokenizer of its numbers."""
-        if self.vocab is None:
-            return self.model
-        return dataclasses.replace(
-            self.model, backbone_config=dataclasses.replace(
-                self.model.backbone_config, vocab_size=self.vocab.size),
-            tokenizer=vocabulary.RenumberedTokenizer(self.model.tokenizer,
-                                                     self.vocab))
 
     @property
     def spec(self) -> dict:

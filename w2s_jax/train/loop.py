@@ -310,13 +310,13 @@ def _packed_batches(name, pack, lengths, all_batches, train_targets,
     minibatch_size rows per minibatch. Every process packs the whole batch
     the same way, and global_batch hands the mesh its own rows and
     examples."""
+    shards = sharding.batch_size_divisor(mesh)
     layouts = packing.plan(
         lengths, all_batches, row_length=row_length,
         max_rows=settings.minibatch_size,
-        group_sizes=_minibatch_sizes(settings),
-        quantum=sharding.batch_size_divisor(mesh), shapes=PACKED_SHAPES,
-        shape_cost=(PACKED_SHAPE_TOKENS / row_length
-                    * sharding.batch_size_divisor(mesh)))
+        group_sizes=_minibatch_sizes(settings), quantum=shards,
+        shapes=PACKED_SHAPES,
+        shape_cost=PACKED_SHAPE_TOKENS / row_length * shards)
     log(f"[{name}] batches packed into rows of {row_length} tokens, as "
         + ", ".join(f"{m} x {rows}" for m, rows in
                     sorted({(len(p.groups), p.rows) for p in layouts}))

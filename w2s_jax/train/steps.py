@@ -342,13 +342,7 @@ def compact_embedding(params, model: registry.ResolvedModel,
     row_shards = table.shape[0] // table.sharding.shard_shape(table.shape)[0]
     if vocab.size % row_shards:
         spec[0] = None
-    rows = np.asarray(vocab.ids)
-
-    def cut(full):
-        out = jnp.zeros((vocab.size, *full.shape[1:]), full.dtype)
-        return out.at[:len(rows)].set(full[rows])
-
-    flat[path] = jax.jit(cut, out_shardings=jax.sharding.NamedSharding(
+    flat[path] = jax.jit(vocab.table, out_shardings=jax.sharding.NamedSharding(
         table.sharding.mesh, jax.sharding.PartitionSpec(*spec)))(table)
     return flax.traverse_util.unflatten_dict(flat)
 
