@@ -22,7 +22,11 @@ import numpy as np
 import packing as packing_bench  # bench/packing.py
 import timing  # bench/timing.py
 
-def build(name: str, rows: int, kept: int | None):
+def build(name: str, rows: int, kept: int | None,
+          compute_dtype: str = "float32"):
+    """[compiled step, state, batch] of the packed xent step (also for
+    bench/matmul_precision.py); traced under the caller's matmul
+    precision."""
     from w2s_jax.models import registry, vocabulary
     from w2s_jax.train import steps
 
@@ -37,9 +41,10 @@ def build(name: str, rows: int, kept: int | None):
                                    pad_id=model.tokenizer.pad_id)
         ids = [vocab.renumber(x) for x in ids]
         params = steps.compact_embedding(params, model, vocab)
-        module = steps.build_classifier(
-            with_table_rows(model, vocab.size), num_classes=2,
-            linear_probe=False, head_init="normal")
+        model = with_table_rows(model, vocab.size)
+    module = steps.build_classifier(model, num_classes=2, linear_probe=False,
+                                    head_init="normal",
+                                    compute_dtype=compute_dtype)
     step, state, batch = packing_bench.packed_xent_step(
         mesh, module, params, ids, settings, rows)
     return [step.lower(state, batch).compile(), state, batch]
@@ -52,8 +57,11 @@ def with_table_rows(model, rows: int):
         model.backbone_config, vocab_size=rows))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def step_args(doc: str) -> argparse.Namespace:
+    """The command line of a script alternating packed MiniLM steps (also
+    bench/matmul_precision.py's), parsed before JAX starts; malloc then
+    keeps freed memory, so no step page-faults (RESULTS 6c)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--models", default="minilm-l6,minilm-l3")
     p.add_argument("--rows", type=int, default=8, help="rows of 64 tokens a step")
     p.add_argument("--kept", type=int, default=7209,
@@ -62,7 +70,12 @@ def main():
     p.add_argument("--steps", type=int, default=5, help="steps a round")
     args = p.parse_args()
     from w2s_jax.core import host_memory
-    host_memory.keep_freed_memory()  # no page faults in either (RESULTS 6c)
+    host_memory.keep_freed_memory()
+    return args
+
+
+def main():
+    args = step_args(__doc__)
     print("| model | table rows | step (ms) | vs whole | params + Adam state "
           "(MB) | temporaries (MB) | loss after 3 steps |")
     print("|---|---:|---:|---:|---:|---:|---|")

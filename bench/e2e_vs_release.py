@@ -32,6 +32,9 @@ By default each side is pinned to one core (`--cores one`: sched affinity
 {last core}, torch 1 thread, XLA's pool then has 1 thread), the setting
 bench/RESULTS.md 1a found to be the fair one on this shared 2-core machine;
 `--cores all` gives both sides every core (torch with as many threads).
+`--matmul-precision bfloat16` runs both sides' float32 models with
+bfloat16 matmul operands summed in float32: (a) config.matmul_precision,
+(b) torch.set_float32_matmul_precision("medium").
 Benchmarks print figures; nothing here asserts a time.
 """
 from __future__ import annotations
@@ -84,6 +87,7 @@ def make_config(shape: dict):
     # "pack": false in a --side-a shape: the padded, length-grouped trainer.
     config.train.pack = shape.get("pack", True)
     config.train.eval_batch_size = EVAL_BATCH
+    config.matmul_precision = shape.get("matmul_precision", "default")
     config.train.log_every = 1000
     config.logs.tensorboard = False  # no event files; the release writes none
     # No checkpoints within a stage, which the release's way does not write
@@ -217,7 +221,8 @@ def prepare_data(shape: dict, path: str, torch_threads: int) -> dict:
             "test_labels": np.asarray(ctx.test_labels),
             "epochs": shape["epochs"], "batch_size": BATCH,
             "eval_batch_size": EVAL_BATCH, "seed": SEED, "losses": LOSSES,
-            "torch_threads": torch_threads}
+            "torch_threads": torch_threads,
+            "matmul_precision": shape.get("matmul_precision", "default")}
     with open(path, "w") as f:
         json.dump(data, f, default=lambda x: x.tolist())
     lengths = {m["name"]: [len(x) for x in m["train_ids"]] for m in models}
@@ -263,6 +268,7 @@ def report(name: str, shape: dict, info: dict, a: dict, b: dict) -> str:
              f"test {info['test']}, max_ctx {shape['max_ctx']}, "
              f"{shape['epochs']} epoch(s), batch {BATCH} (w2s_jax: minibatches "
              f"of {shape.get('minibatch', MINIBATCH)}), lr {info['lr']}, "
+             f"matmul precision {shape.get('matmul_precision', 'default')}, "
              f"mean train length {info['mean_len']}, dropped over-length "
              f"{info['over_length']})", "",
              "| | w2s_jax (a) | release way (b) | a/b |", "|---|---:|---:|---:|"]
@@ -317,6 +323,12 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=MINIBATCH,
                         help=f"w2s_jax's minibatch (a divisor of {BATCH}); "
                              f"{BATCH}: no accumulation")
+    parser.add_argument("--matmul-precision", default="default",
+                        choices=["default", "bfloat16"],
+                        help="bfloat16: float32 models whose matmuls take "
+                             "bfloat16 operands and sum in float32 on both "
+                             "sides: (a) config.matmul_precision, (b) torch."
+                             "set_float32_matmul_precision('medium')")
     parser.add_argument("--side-a", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side_a:
@@ -337,6 +349,8 @@ def main() -> None:
         if args.epochs:
             shape["epochs"] = args.epochs
         shape["minibatch"] = args.minibatch
+        if args.matmul_precision != "default":
+            shape["matmul_precision"] = args.matmul_precision
         with tempfile.TemporaryDirectory() as tmp:
             data, out_a, out_b = (os.path.join(tmp, f) for f in
                                   ("data.json", "a.json", "b.json"))

@@ -175,6 +175,10 @@ def main(data_path: str, out_path: str) -> None:
     import torch
     from torch import nn
     torch.set_num_threads(d["torch_threads"])
+    if d.get("matmul_precision", "default") == "bfloat16":
+        # float32 matmuls with bfloat16 operands (oneDNN on CPU), as
+        # w2s_jax's config.matmul_precision="bfloat16".
+        torch.set_float32_matmul_precision("medium")
     counter = Counter()
     weak, strong = d["models"]
     half_a, half_b = d["half_a"], d["half_b"]

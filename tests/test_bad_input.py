@@ -158,6 +158,8 @@ CASES = [
        "config.strong.mode='frozen'", "finetune", "features"),
     _c("unknown-compute-dtype", f"{GOOD} --config.compute_dtype=float8", 2,
        "config.compute_dtype='float8'", "bfloat16"),
+    _c("unknown-matmul-precision", f"{GOOD} --config.matmul_precision=tf32", 2,
+       "config.matmul_precision='tf32'", "default, bfloat16"),
     _c("store-not-a-bucket", f"{GOOD} --config.store=s3://b/grid", 2,
        "config.store='s3://b/grid' is not a bucket URL", "gs://<bucket>/<path>",
        "'' for the workdir itself"),

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 from w2s_jax.core import sharding
@@ -42,6 +43,41 @@ def test_bfloat16_gradients_keep_their_dtypes():
         assert got.dtype == want.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32),
                                    np.asarray(want, np.float32), rtol=2e-2, atol=1e-2)
+
+
+def _bf16(a):
+    """float32 -> bfloat16 -> float64: the operand a bfloat16 matmul sees."""
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float64)
+
+
+@pytest.mark.parametrize("lead", [(12,), (3, 4)])
+def test_bfloat16_matmul_precision_rounds_operands_and_sums_in_float32(lead):
+    """Under config.matmul_precision="bfloat16" (JAX's default matmul
+    precision), float32 projections compute with operands rounded to
+    bfloat16 and float32 sums, forward and backward, on CPU too, where
+    XLA:CPU itself would compute in float32. The results are float32."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(*lead, 40)).astype(np.float32)
+    w = rng.normal(size=(40, 24)).astype(np.float32)
+    dy = rng.normal(size=(*lead, 24)).astype(np.float32)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    with jax.default_matmul_precision("bfloat16"):
+        y, vjp = jax.vjp(lambda a, b: dense_dot.dot_general(a, b, dims), x, w)
+        dx, dw = vjp(jnp.asarray(dy))
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    xr, wr, dyr = _bf16(x), _bf16(w), _bf16(dy)
+    tokens = (-1, x.shape[-1])
+    for got, want, exact in (
+            (y, xr @ wr, x.astype(np.float64) @ w),
+            (dx, dyr @ wr.T, dy.astype(np.float64) @ w.T),
+            (dw, xr.reshape(tokens).T @ dyr.reshape(-1, 24),
+             x.reshape(tokens).T.astype(np.float64) @ dy.reshape(-1, 24))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # Rounding the operands moved the result by far more than that.
+        assert np.abs(np.asarray(got) - exact).max() > 1e-3
+    # Outside the context, the same call is float32 again.
+    np.testing.assert_allclose(dense_dot.dot_general(x, w, dims),
+                               x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
 
 
 def test_other_contractions_go_through_lax():

@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from w2s_jax.core import sharding
+from w2s_jax import run as run_lib
+from w2s_jax.core import sharding, stages
 from w2s_jax.train import loop, losses, steps
 from w2s_jax.models import registry
 
@@ -338,3 +339,17 @@ def test_stage_key_leaves_out_the_default_minibatch_split():
     assert off["minibatch_by_tokens"] is False
     # Packed stages train on other (random) batches: keyed apart.
     assert _settings(pack=True).key_fields()["pack"] is True
+
+
+def test_stage_key_names_a_bfloat16_matmul_precision():
+    """Stages run under config.matmul_precision="bfloat16" (run.run_one's
+    context) are keyed apart; under the default, keys are as before."""
+    spec = {"mode": "finetune", "name": "minilm-l3"}
+    plain = stages.stage_key(spec)
+    with run_lib.matmul_precision("default"):
+        assert stages.stage_key(spec) == plain
+    with run_lib.matmul_precision("bfloat16"):
+        rounded = stages.stage_key(spec)
+    assert rounded != plain
+    assert rounded == stages.stage_key({**spec, "matmul_precision": "bfloat16"})
+    assert stages.stage_key(spec) == plain  # the context is left behind

@@ -9,9 +9,11 @@ the sweep, so two sweeps in one workdir never overwrite each other.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
+import jax
 import ml_collections
 
 from w2s_jax import config as config_lib
@@ -62,15 +64,26 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     recipe = get_recipe(config.recipe)
     log(f"[run] recipe {config.recipe}, task {config.task}, loss "
         f"{config.loss}, seed {config.seed}")
-    ctx = setup.build(config, workdir)
-    console.open_log_file()  # the workdir's first write (if logs are deferred)
-    output = recipe(ctx)
+    with matmul_precision(config.matmul_precision):
+        ctx = setup.build(config, workdir)
+        console.open_log_file()  # the workdir's first write (if logs are deferred)
+        output = recipe(ctx)
     results = results_lib.build_results(ctx=ctx, output=output)
     path = results_lib.write_results(results, workdir)
     publish.publish(results, ctx, results_lib.run_name(results))
     log(results_lib.summary_table(results))
     log(f"[results] {path}")
     return results
+
+
+def matmul_precision(name: str):
+    """The context a run's steps are traced in: "bfloat16" sets JAX's
+    default matmul precision, which stage keys then name
+    (stages.stage_key) and models/dense_dot.py applies to the projections
+    on every platform (XLA:CPU itself would ignore it)."""
+    if name == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(name)
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str,

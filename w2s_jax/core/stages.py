@@ -105,6 +105,12 @@ def fingerprint(*arrays_or_texts) -> str:
 
 
 def stage_key(spec: dict) -> str:
+    """The stage's key: its spec and, where a run sets one
+    (config.matmul_precision), JAX's default matmul precision, which
+    changes every output."""
+    precision = jax.config.jax_default_matmul_precision
+    if precision is not None:
+        spec = {**spec, "matmul_precision": str(precision)}
     payload = json.dumps({"format": FORMAT_VERSION, **spec}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

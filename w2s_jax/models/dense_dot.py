@@ -14,6 +14,13 @@ most of it from the flattened form); gpt2-small's (8 x 128) is unchanged
 (bench/dense_dot_step.py, bench/RESULTS.md 4j). Other platforms compile
 autodiff's form (`lax.platform_dependent`).
 
+Under config.matmul_precision="bfloat16" float32 operands are rounded
+to bfloat16 and summed in float32 on every platform (`rounds_to_bfloat16`).
+On CPU, bfloat16 operands (those, or a bfloat16 compute dtype's) go to
+the dots with a float32 result, rounded to the compute dtype after, and
+dW contracts two leading dimensions: the forms XLA:CPU hands to
+YNNPACK's bfloat16 kernels (bench/RESULTS.md 4m).
+
 The output is named `sharding.DENSE_OUTPUT` so that the "dots" remat
 policy still saves it: a custom_vjp hides the dot inside it from
 dots_with_no_batch_dims_saveable, which would otherwise recompute every
@@ -21,7 +28,10 @@ projection in the backward pass.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
@@ -35,9 +45,40 @@ def _rows(a: jax.Array) -> jax.Array:
     return a.reshape(-1, a.shape[-1])
 
 
+def rounds_to_bfloat16(a: jax.Array) -> bool:
+    """Whether a float32 operand is rounded to bfloat16 for the dots:
+    under JAX's default matmul precision "bfloat16" (config.
+    matmul_precision), on every platform. XLA would read that precision
+    as TF32 on a GPU and ignore it on CPU; here the operands are
+    rounded, the products summed in float32."""
+    return (a.dtype == jnp.float32
+            and jax.config.jax_default_matmul_precision == "bfloat16")
+
+
+def _dot_cpu(a: jax.Array, b: jax.Array, dims) -> jax.Array:
+    # bfloat16 operands with a float32 result go to YNNPACK (AMX or
+    # AVX512-BF16 where the CPU has them), 4-6x float32's rate on an AMX
+    # Xeon; asked for a bfloat16 result, XLA:CPU computes them at
+    # float32's rate or below (bench/RESULTS.md 4m). Summed in float32
+    # and rounded once either way.
+    if a.dtype == jnp.bfloat16:
+        return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32
+                               ).astype(a.dtype)
+    return lax.dot_general(a, b, dims)
+
+
+def _dot(a: jax.Array, b: jax.Array, dims) -> jax.Array:
+    if rounds_to_bfloat16(a):
+        return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                               dims, preferred_element_type=jnp.float32)
+    return lax.platform_dependent(
+        a, b, cpu=functools.partial(_dot_cpu, dims=dims),
+        default=functools.partial(lax.dot_general, dimension_numbers=dims))
+
+
 @jax.custom_vjp
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+    return _dot(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def _matmul_fwd(x, w):
@@ -45,6 +86,11 @@ def _matmul_fwd(x, w):
 
 
 def _weight_grad_cpu(x, dy):
+    if x.dtype == jnp.bfloat16:
+        # YNNPACK's fast form contracts two or more leading dimensions;
+        # over one (tokens [T, in]), XLA:CPU runs it at float32's rate.
+        lead = x.shape[:-1] if x.ndim > 2 else (1, x.shape[0])
+        return _weight_grad(x.reshape(*lead, -1), dy.reshape(*lead, -1))
     # [out, in], transposed back: XLA:CPU folds the transpose into the
     # dot's output layout.
     return (_rows(dy).T @ _rows(x)).T
@@ -53,13 +99,18 @@ def _weight_grad_cpu(x, dy):
 def _weight_grad(x, dy):
     # Autodiff's own form: contract every leading dimension.
     lead = tuple(range(x.ndim - 1))
-    return lax.dot_general(x, dy, ((lead, lead), ((), ())))
+    return lax.dot_general(x, dy, ((lead, lead), ((), ())),
+                           preferred_element_type=jnp.float32)
 
 
 def _matmul_bwd(residuals, dy):
     x, w = residuals
-    dx = lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
-    dw = lax.platform_dependent(x, dy, cpu=_weight_grad_cpu,
+    dx = _dot(dy.astype(x.dtype), w, (((dy.ndim - 1,), (1,)), ((), ())))
+    # Both forms sum in float32 and return float32 (cast to w's dtype).
+    operands = (x, dy.astype(x.dtype))
+    if rounds_to_bfloat16(x):
+        operands = tuple(a.astype(jnp.bfloat16) for a in operands)
+    dw = lax.platform_dependent(*operands, cpu=_weight_grad_cpu,
                                 default=_weight_grad)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
