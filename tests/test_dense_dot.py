@@ -50,12 +50,13 @@ def _bf16(a):
     return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float64)
 
 
-@pytest.mark.parametrize("lead", [(12,), (3, 4)])
+@pytest.mark.parametrize("lead", [(), (12,), (3, 4)])
 def test_bfloat16_matmul_precision_rounds_operands_and_sums_in_float32(lead):
     """Under config.matmul_precision="bfloat16" (JAX's default matmul
     precision), float32 projections compute with operands rounded to
     bfloat16 and float32 sums, forward and backward, on CPU too, where
-    XLA:CPU itself would compute in float32. The results are float32."""
+    XLA:CPU itself would compute in float32. The results are float32.
+    Inputs of 1, 2 and 3 dimensions (dW's bfloat16 form reshapes them)."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(*lead, 40)).astype(np.float32)
     w = rng.normal(size=(40, 24)).astype(np.float32)

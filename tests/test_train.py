@@ -353,3 +353,10 @@ def test_stage_key_names_a_bfloat16_matmul_precision():
     assert rounded != plain
     assert rounded == stages.stage_key({**spec, "matmul_precision": "bfloat16"})
     assert stages.stage_key(spec) == plain  # the context is left behind
+    # The config decides: "default" undoes a precision set around the run
+    # (say by JAX_DEFAULT_MATMUL_PRECISION), and the stage record names it.
+    with jax.default_matmul_precision("bfloat16"):
+        with run_lib.matmul_precision("default"):
+            assert stages.stage_key(spec) == plain
+            assert stages.keyed_spec(spec) == spec
+        assert stages.keyed_spec(spec) == {**spec, "matmul_precision": "bfloat16"}

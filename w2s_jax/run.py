@@ -9,7 +9,6 @@ the sweep, so two sweeps in one workdir never overwrite each other.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 
@@ -77,13 +76,13 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def matmul_precision(name: str):
-    """The context a run's steps are traced in: "bfloat16" sets JAX's
-    default matmul precision, which stage keys then name
-    (stages.stage_key) and models/dense_dot.py applies to the projections
-    on every platform (XLA:CPU itself would ignore it)."""
-    if name == "default":
-        return contextlib.nullcontext()
-    return jax.default_matmul_precision(name)
+    """The context a run's steps are traced in, JAX's default matmul
+    precision as the config says: "default" is JAX's own (None, whatever
+    JAX_DEFAULT_MATMUL_PRECISION an environment sets, so the config alone
+    decides); "bfloat16" is named by stage keys (stages.stage_key) and
+    applied to the projections by models/dense_dot.py on every platform
+    (XLA:CPU itself would ignore it)."""
+    return jax.default_matmul_precision(None if name == "default" else name)
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str,

@@ -104,14 +104,19 @@ def fingerprint(*arrays_or_texts) -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_key(spec: dict) -> str:
-    """The stage's key: its spec and, where a run sets one
-    (config.matmul_precision), JAX's default matmul precision, which
-    changes every output."""
+def keyed_spec(spec: dict) -> dict:
+    """`spec` with, where a run sets one (config.matmul_precision), JAX's
+    default matmul precision, which changes every output: what a stage's
+    key hashes and its record stores."""
     precision = jax.config.jax_default_matmul_precision
-    if precision is not None:
-        spec = {**spec, "matmul_precision": str(precision)}
-    payload = json.dumps({"format": FORMAT_VERSION, **spec}, sort_keys=True)
+    if precision is None:
+        return spec
+    return {**spec, "matmul_precision": str(precision)}
+
+
+def stage_key(spec: dict) -> str:
+    payload = json.dumps({"format": FORMAT_VERSION, **keyed_spec(spec)},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -156,7 +161,7 @@ def run_stage(workdir: str, name: str, spec: dict,
 
     try:
         record, arrays = compute(claim.work_dir)
-        record = {"stage": name, "key": key, "spec": spec, **record}
+        record = {"stage": name, "key": key, "spec": keyed_spec(spec), **record}
         stored = distributed.is_primary() and _store(path, record, arrays)
         if bucket is not None and distributed.is_primary():
             stored = bucket.publish(stage_id, path)

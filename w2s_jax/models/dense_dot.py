@@ -89,8 +89,9 @@ def _weight_grad_cpu(x, dy):
     if x.dtype == jnp.bfloat16:
         # YNNPACK's fast form contracts two or more leading dimensions;
         # over one (tokens [T, in]), XLA:CPU runs it at float32's rate.
-        lead = x.shape[:-1] if x.ndim > 2 else (1, x.shape[0])
-        return _weight_grad(x.reshape(*lead, -1), dy.reshape(*lead, -1))
+        if x.ndim < 3:  # [in] or [tokens, in] -> [1, tokens, in]
+            x, dy = (a.reshape(1, -1, a.shape[-1]) for a in (x, dy))
+        return _weight_grad(x, dy)
     # [out, in], transposed back: XLA:CPU folds the transpose into the
     # dot's output layout.
     return (_rows(dy).T @ _rows(x)).T
