@@ -106,9 +106,10 @@ def _weight_grad(x, dy):
 
 def _matmul_bwd(residuals, dy):
     x, w = residuals
-    dx = _dot(dy.astype(x.dtype), w, (((dy.ndim - 1,), (1,)), ((), ())))
+    dy = dy.astype(x.dtype)
+    dx = _dot(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
     # Both forms sum in float32 and return float32 (cast to w's dtype).
-    operands = (x, dy.astype(x.dtype))
+    operands = (x, dy)
     if rounds_to_bfloat16(x):
         operands = tuple(a.astype(jnp.bfloat16) for a in operands)
     dw = lax.platform_dependent(*operands, cpu=_weight_grad_cpu,
